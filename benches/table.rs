@@ -1,0 +1,2 @@
+//! Benchmarks of the conntrack table (being written).
+fn main() {}

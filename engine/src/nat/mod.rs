@@ -1,0 +1,1 @@
+//! NAT: destination endpoint selection (DNAT) and source port allocation (SNAT).

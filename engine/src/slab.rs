@@ -1,0 +1,231 @@
+//! Type-stable storage for confirmed entries.
+//!
+//! Like the kernel's `SLAB_TYPESAFE_BY_RCU` conntrack cache, a slot freed by
+//! one connection may be reused by another while a lockless reader is still
+//! looking at it; memory is never returned to the allocator while the table
+//! lives. Readers detect reuse with the slot's sequence number (see
+//! `table.rs`). Slots are allocated in chunks on demand, so a table sized for
+//! millions of entries costs memory in proportion to the entries it has held.
+
+use std::marker::PhantomData;
+
+use crate::sync::{zeroed_slice, AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering, ZeroDefault};
+use crate::tuple::Packed;
+
+#[cfg(not(loom))]
+const CHUNK_SHIFT: u32 = 12;
+#[cfg(loom)]
+const CHUNK_SHIFT: u32 = 2;
+const CHUNK: usize = 1 << CHUNK_SHIFT;
+
+/// One connection: both tuples, the state word, the two chain links.
+///
+/// An IPv4 slot is exactly one 64-byte cache line.
+#[repr(C, align(64))]
+pub(crate) struct Slot<K: Packed> {
+    /// Even while stable; odd while the slot is being (re)written for a new
+    /// connection. Bumped by 2 per reuse, so it doubles as the generation.
+    pub seq: AtomicU32,
+    /// Chain links of the original (0) and reply (1) hash nodes.
+    pub next: [AtomicU32; 2],
+    /// Expiry, status, TCP state and generation tag: see `table::state`.
+    pub state: AtomicU64,
+    /// Creation time (ns). While the slot is free: the free-list link.
+    pub created: AtomicU64,
+    /// Original (0) and reply (1) tuples.
+    pub tuples: [K::Stored; 2],
+    _k: PhantomData<K>,
+}
+
+impl<K: Packed> Default for Slot<K> {
+    fn default() -> Self {
+        Self {
+            seq: AtomicU32::default(),
+            next: Default::default(),
+            state: AtomicU64::default(),
+            created: AtomicU64::default(),
+            tuples: Default::default(),
+            _k: PhantomData,
+        }
+    }
+}
+
+// SAFETY: a slot is atomics only (the tuple words are `[AtomicU64; W]`), all
+// zero by default; `PhantomData` has no bytes.
+unsafe impl<K: Packed> ZeroDefault for Slot<K> {}
+
+impl<K: Packed> Slot<K> {
+    /// Compare a stored tuple with a key.
+    #[inline]
+    pub fn tuple_eq(&self, dir: usize, key: &K) -> bool {
+        let stored = self.tuples[dir].as_ref();
+        key.words().iter().zip(stored).all(|(w, a)| a.load(Ordering::Acquire) == *w)
+    }
+
+    /// Read a stored tuple.
+    #[inline]
+    pub fn tuple(&self, dir: usize) -> K {
+        let mut words = [0u64; 5];
+        let stored = self.tuples[dir].as_ref();
+        for (w, a) in words.iter_mut().zip(stored) {
+            *w = a.load(Ordering::Acquire);
+        }
+        K::from_words(&words[..stored.len()])
+    }
+
+    /// Write a stored tuple (slot owned by the writer: seq odd).
+    #[inline]
+    pub fn set_tuple(&self, dir: usize, key: &K) {
+        for (a, w) in self.tuples[dir].as_ref().iter().zip(key.words()) {
+            a.store(*w, Ordering::Release);
+        }
+    }
+}
+
+/// Chunked, type-stable slot storage with a lock-free free list.
+pub(crate) struct Slab<K: Packed> {
+    /// Chunk directory; a null entry is a chunk not yet allocated.
+    chunks: Box<[AtomicPtr<Slot<K>>]>,
+    grow: Mutex<()>,
+    /// Slots below this index have been handed out at least once.
+    fresh: AtomicU32,
+    /// Treiber stack of free slots: `tag << 32 | (idx + 1)`, 0 when empty.
+    /// The tag defeats ABA.
+    free: AtomicU64,
+    cap: u32,
+}
+
+impl<K: Packed> Slab<K> {
+    /// Storage for at most `cap` slots.
+    pub fn new(cap: u32) -> Self {
+        let nchunks = (cap as usize).div_ceil(CHUNK);
+        Self {
+            chunks: (0..nchunks).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+            grow: Mutex::new(()),
+            fresh: AtomicU32::new(0),
+            free: AtomicU64::new(0),
+            cap,
+        }
+    }
+
+    /// The slot at `idx`.
+    ///
+    /// `idx` must have come from [`Slab::alloc`] (directly, or through a chain
+    /// link published after the allocation): its chunk then exists.
+    #[inline]
+    pub fn slot(&self, idx: u32) -> &Slot<K> {
+        let chunk = self.chunks[(idx >> CHUNK_SHIFT) as usize].load(Ordering::Acquire);
+        assert!(!chunk.is_null(), "slot {idx} was never allocated");
+        // SAFETY: a non-null chunk pointer came from `Box::into_raw` of a
+        // boxed slice of `CHUNK` slots (see `ensure_chunk`); chunks are freed
+        // only in `Drop`, which needs `&mut self`, so the borrow of `self`
+        // keeps the chunk alive. The offset is below `CHUNK`.
+        unsafe { &*chunk.add(idx as usize & (CHUNK - 1)) }
+    }
+
+    /// Take a free slot, or `None` if all `cap` are in use.
+    pub fn alloc(&self) -> Option<u32> {
+        let mut head = self.free.load(Ordering::Acquire);
+        while head as u32 != 0 {
+            let idx = head as u32 - 1;
+            // A racing pop may already have reused this slot and overwritten
+            // the link; the tag makes our compare-exchange fail in that case.
+            let next = self.slot(idx).created.load(Ordering::Relaxed) as u32;
+            let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(next);
+            match self.free.compare_exchange_weak(head, new, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => return Some(idx),
+                Err(h) => head = h,
+            }
+        }
+        let idx = self.fresh.fetch_add(1, Ordering::Relaxed);
+        if idx >= self.cap {
+            // Leave `fresh` past the end: later callers fail the same way
+            // until a slot is freed.
+            self.fresh.store(self.cap, Ordering::Relaxed);
+            return None;
+        }
+        self.ensure_chunk((idx >> CHUNK_SHIFT) as usize);
+        Some(idx)
+    }
+
+    /// Return a slot. The caller has unlinked it from every chain.
+    pub fn free(&self, idx: u32) {
+        let slot = self.slot(idx);
+        let mut head = self.free.load(Ordering::Relaxed);
+        loop {
+            slot.created.store(u64::from(head as u32), Ordering::Relaxed);
+            let new = ((head >> 32).wrapping_add(1) << 32) | u64::from(idx + 1);
+            match self.free.compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn ensure_chunk(&self, c: usize) {
+        if !self.chunks[c].load(Ordering::Acquire).is_null() {
+            return;
+        }
+        let _g = self.grow.lock();
+        if self.chunks[c].load(Ordering::Relaxed).is_null() {
+            let chunk: Box<[Slot<K>]> = zeroed_slice(CHUNK);
+            let ptr = Box::into_raw(chunk) as *mut Slot<K>;
+            self.chunks[c].store(ptr, Ordering::Release);
+        }
+    }
+
+    /// Slots handed out at least once (the high-water mark).
+    #[cfg(test)]
+    pub fn high_water(&self) -> u32 {
+        self.fresh.load(Ordering::Relaxed).min(self.cap)
+    }
+
+    /// Bytes of slot memory allocated so far.
+    pub fn allocated_bytes(&self) -> usize {
+        let chunks = self.chunks.iter().filter(|c| !c.load(Ordering::Relaxed).is_null()).count();
+        chunks * CHUNK * std::mem::size_of::<Slot<K>>() + self.chunks.len() * std::mem::size_of::<usize>()
+    }
+}
+
+impl<K: Packed> Drop for Slab<K> {
+    fn drop(&mut self) {
+        for c in self.chunks.iter() {
+            let ptr = c.load(Ordering::Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: `ptr` came from `Box::into_raw` of a `Box<[Slot<K>]>`
+                // of length `CHUNK` and is dropped exactly once, here.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, CHUNK)) });
+            }
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::tuple::{V4Key, V6Key};
+
+    #[test]
+    fn ipv4_slot_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Slot<V4Key>>(), 64);
+        assert_eq!(std::mem::size_of::<Slot<V6Key>>(), 128);
+    }
+
+    #[test]
+    fn alloc_reuses_freed_slots_and_respects_cap() {
+        let s: Slab<V4Key> = Slab::new(3);
+        let a = s.alloc().unwrap();
+        let b = s.alloc().unwrap();
+        let c = s.alloc().unwrap();
+        assert_eq!(s.alloc(), None);
+        s.free(b);
+        assert_eq!(s.alloc(), Some(b));
+        s.free(a);
+        s.free(c);
+        let mut got = [s.alloc().unwrap(), s.alloc().unwrap()];
+        got.sort();
+        assert_eq!(got, [a, c]);
+        assert_eq!(s.alloc(), None);
+        assert_eq!(s.high_water(), 3);
+    }
+}
