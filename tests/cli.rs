@@ -29,9 +29,28 @@ fn no_arguments_prints_the_demo() {
     let o = racetrack(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    for kernel in ["3.10", "4.14", "4.19", "5.6", "6.1"] {
-        assert!(out.lines().any(|l| l.starts_with(kernel)), "demo lacks {kernel}:\n{out}");
+    let header = out.lines().find(|l| l.starts_with("kernel")).expect("a table header");
+    for m in ["none", "single-request-reopen", "node-local cache", "3 endpoints"] {
+        assert!(header.contains(m), "{header}");
     }
+    // Each row: kernel, then per mitigation "D% / N" (delayed share / insert_failed).
+    let row = |k: &str| -> Vec<(f64, u64)> {
+        let line =
+            out.lines().find(|l| l.starts_with(&format!("{k} "))).unwrap_or_else(|| panic!("no {k} row:\n{out}"));
+        line.split("  ")
+            .filter_map(|c| c.trim().split_once("% / "))
+            .map(|(d, n)| (d.trim().parse().unwrap(), n.trim().parse().unwrap()))
+            .collect()
+    };
+    let r414 = row("4.14");
+    assert_eq!(r414.len(), 4, "{out}");
+    assert!(r414[0].0 > 0.0 && r414[0].1 > 0, "4.14 without mitigation delays lookups: {out}");
+    assert_eq!(r414[1], (0.0, 0), "single-request-reopen: no clash");
+    assert_eq!(r414[2], (0.0, 0), "node-local cache: no conntrack");
+    for k in ["5.6", "6.6"] {
+        assert!(row(k).iter().all(|c| c.0 == 0.0), "{k} never delays: {out}");
+    }
+    assert!(out.contains("Try: "), "a hint on what to try next");
 }
 
 #[test]
@@ -112,4 +131,67 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     let o = racetrack(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+}
+
+fn summary(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    let line = stdout(o);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(v["type"], "summary");
+    v["data"].clone()
+}
+
+#[test]
+fn run_dns_prints_the_documented_json_keys() {
+    let d =
+        summary(&racetrack(&["run", "dns", "--kernel", "4.14", "--format", "json", "--set", "clients.lookups=300"]));
+    for key in ["scenario", "kernel", "seed", "conntrack", "per_cpu", "clients"] {
+        assert!(d.get(key).is_some(), "missing {key}: {d}");
+    }
+    for key in ["requests", "ok", "failed", "retried", "p50_ms", "p99_ms", "max_ms", "retry_classes"] {
+        assert!(d["clients"].get(key).is_some(), "missing clients.{key}");
+    }
+    for key in ["found", "insert", "insert_failed", "drop", "early_drop", "clash_resolve", "chaintoolong"] {
+        assert!(d["conntrack"].get(key).is_some(), "missing conntrack.{key}");
+    }
+    assert_eq!(d["kernel"], "4.14");
+    assert_eq!(d["clients"]["requests"], 300);
+    assert_eq!(d["per_cpu"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn run_is_deterministic_per_seed() {
+    let args = ["run", "dns", "--kernel", "4.14", "--format", "json", "--set", "clients.lookups=300", "--seed", "7"];
+    let a = stdout(&racetrack(&args));
+    assert_eq!(a, stdout(&racetrack(&args)));
+    let mut other = args;
+    other[9] = "8";
+    assert_ne!(a, stdout(&racetrack(&other)));
+    assert_eq!(summary(&racetrack(&args))["seed"], 7);
+}
+
+#[test]
+fn scenarios_show_prints_a_file_that_runs() {
+    let o = racetrack(&["scenarios", "--show", "dns"]);
+    assert!(o.status.success());
+    let text = stdout(&o).replace("lookups = 2000", "lookups = 250");
+    let p = temp_file("dns.toml", &text);
+    let d = summary(&racetrack(&["run", p.to_str().unwrap(), "--format", "json"]));
+    assert_eq!(d["clients"]["requests"], 250);
+    let listing = stdout(&racetrack(&["scenarios"]));
+    assert!(listing.lines().any(|l| l.starts_with("dns ")), "{listing}");
+}
+
+#[test]
+fn bad_run_input_exits_2_naming_the_key() {
+    assert_one_line_error(&racetrack(&["run", "dns", "--set", "clients.lookupz=3"]), &["clients.lookupz", "lookups"]);
+    assert_one_line_error(&racetrack(&["run", "dns", "--set", "resolv.timeout=0"]), &["resolv.timeout"]);
+    assert_one_line_error(&racetrack(&["run", "dns", "--set", "clients.resolver=bind"]), &["clients.resolver"]);
+    assert_one_line_error(&racetrack(&["run", "dns", "--set", "node.cpus=two"]), &["node.cpus"]);
+    assert_one_line_error(&racetrack(&["run", "nosuch"]), &["nosuch", "no such scenario"]);
+    assert_one_line_error(&racetrack(&["run", "dns", "--kernel", "2.6"]), &["2.6"]);
+    let p = temp_file("broken.toml", "scenario = \"dns\"\nseed = 1\n[node]\ncpus = 2\n");
+    assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["broken.toml"]);
+    let p = temp_file("binary.toml", "\u{0}\u{1}\u{2}garbage");
+    assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["binary.toml"]);
 }

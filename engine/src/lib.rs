@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod nat;
 pub mod profile;
+pub mod sim;
 mod slab;
 pub mod stats;
 pub(crate) mod sync;

@@ -261,8 +261,7 @@ impl Unconfirmed<'_> {
     /// Source NAT: the connection now leaves from `addr:port`, so replies go there.
     pub fn snat(&mut self, addr: std::net::IpAddr, port: u16) {
         assert_eq!(addr.is_ipv4(), self.orig.src.is_ipv4(), "SNAT must keep the address family");
-        self.reply.dst = addr;
-        self.reply.dport = port;
+        self.reply = crate::nat::snat::candidate(&self.reply, addr, port);
         self.status.insert(Status::SRC_NAT);
     }
 }

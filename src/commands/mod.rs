@@ -1,8 +1,11 @@
 //! One module per subcommand; `run` dispatches.
 
+mod demo;
 mod profiles;
+mod run;
+mod scenarios;
 
-use std::io::{self, Write};
+use std::io::{self, Write as _};
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
@@ -12,8 +15,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let stdout = io::stdout();
     let mut out = io::BufWriter::new(stdout.lock());
     let result = match cli.command {
-        None => demo(&mut out),
+        None => demo::run(&mut out),
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
+        Some(Command::Run { scenario, kernel, sets, seed, format }) => {
+            run::run(&mut out, &scenario, &kernel, &sets, seed, format)
+        }
+        Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
     };
     let result = result.and_then(|code| out.flush().map(|_| code).map_err(CliError::from));
     match result {
@@ -21,12 +28,4 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Err(CliError::Io(e)) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
         r => r,
     }
-}
-
-/// The demo: until the simulator lands, the kernel profiles and what to try.
-fn demo<W: Write>(out: &mut W) -> Result<ExitCode, CliError> {
-    writeln!(out, "racetrack: a model of Linux conntrack/NAT races, per kernel version.\n")?;
-    profiles::run(out, None, crate::cli::Format::Table)?;
-    writeln!(out, "\nTry: racetrack profiles --show 4.19   (copy it, change one field, pass the file to --kernel)")?;
-    Ok(ExitCode::SUCCESS)
 }

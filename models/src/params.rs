@@ -1,0 +1,229 @@
+//! Scenario parameters as data: load from TOML, override with
+//! `--set KEY=VALUE`, and report bad input by key.
+//!
+//! Every scenario is a serde struct with `deny_unknown_fields`, so the set
+//! of valid keys is exactly the set of fields `scenarios --show` prints. An
+//! override is applied to the TOML form of the scenario and the result is
+//! deserialised again, so a `--set` is checked by the same rules as a file.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Bad scenario input: which source, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    /// A file name, or `--set` for a command-line override.
+    pub source: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// Dotted key.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ParamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.source)?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        write!(f, ": ")?;
+        if let Some(k) = &self.key {
+            write!(f, "key `{k}`: ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+/// Something a scenario can check after it was parsed.
+pub trait Validate {
+    /// `Err((dotted key, why))` for a value no run could use.
+    fn validate(&self) -> Result<(), (String, String)>;
+}
+
+/// Parse a scenario from TOML text; `source` names it in errors.
+pub fn from_toml<T: DeserializeOwned + Validate>(text: &str, source: &str) -> Result<T, ParamError> {
+    let value: T = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ParamError { source: source.into(), line, key: key_at(text, line), message: one_line(e.message()) }
+    })?;
+    value.validate().map_err(|(key, message)| ParamError {
+        source: source.into(),
+        line: line_of_key(text, &key),
+        key: Some(key),
+        message,
+    })?;
+    Ok(value)
+}
+
+/// The scenario as TOML, loadable by [`from_toml`].
+pub fn to_toml<T: Serialize>(value: &T) -> String {
+    toml::to_string(value).expect("scenarios always serialise")
+}
+
+/// Apply `KEY=VALUE` overrides. The value is read as a TOML value
+/// (`3`, `0.5`, `true`, `"x"`, `[1, 2]`), or as a string if it is not one.
+pub fn apply_sets<T: Serialize + DeserializeOwned + Validate>(value: &T, sets: &[String]) -> Result<T, ParamError> {
+    if sets.is_empty() {
+        return Ok(toml::from_str(&to_toml(value)).expect("a scenario re-reads its own TOML"));
+    }
+    let mut doc: toml::Value = toml::Value::try_from(value).expect("scenarios always serialise");
+    for set in sets {
+        let err = |key: Option<&str>, message: String| ParamError {
+            source: "--set".into(),
+            line: None,
+            key: key.map(str::to_string),
+            message,
+        };
+        let Some((key, raw)) = set.split_once('=') else {
+            return Err(err(None, format!("`{set}` is not KEY=VALUE")));
+        };
+        let key = key.trim();
+        let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let mut slot = &mut doc;
+        let parts: Vec<&str> = key.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let table = slot.as_table_mut().ok_or_else(|| err(Some(key), "is not a table".into()))?;
+            if !table.contains_key(*part) {
+                let known: Vec<&str> = table.keys().map(String::as_str).collect();
+                let prefix = parts[..i].join(".");
+                let what = if prefix.is_empty() { "scenario".to_string() } else { format!("`{prefix}`") };
+                return Err(err(Some(key), format!("unknown key; {what} has: {}", known.join(", "))));
+            }
+            slot = table.get_mut(*part).expect("checked");
+        }
+        // Keep strings strings: `--set name=foo` must not need quotes.
+        *slot = match (&*slot, parsed) {
+            (toml::Value::String(_), v) if !v.is_str() => toml::Value::String(raw.to_string()),
+            (_, v) => v,
+        };
+    }
+    let text = toml::to_string(&doc).expect("a TOML value serialises");
+    let out: T = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ParamError { source: "--set".into(), line: None, key: key_at(&text, line), message: one_line(e.message()) }
+    })?;
+    out.validate().map_err(|(key, message)| ParamError {
+        source: "--set".into(),
+        line: None,
+        key: Some(key),
+        message,
+    })?;
+    Ok(out)
+}
+
+fn one_line(s: &str) -> String {
+    s.trim().replace('\n', " ")
+}
+
+/// The dotted key defined on `line` (1-based).
+pub fn key_at(text: &str, line: Option<usize>) -> Option<String> {
+    let line = line?;
+    let mut table = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            table = h.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            if i + 1 == line {
+                return Some(table);
+            }
+        } else if i + 1 == line {
+            let k = l.split('=').next()?.trim();
+            if k.is_empty() || l.starts_with('#') {
+                return None;
+            }
+            return Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
+        }
+    }
+    None
+}
+
+/// The line where a dotted key is set, if it is written out.
+pub fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
+    let mut current = String::new();
+    for (i, l) in text.lines().enumerate() {
+        let l = l.trim();
+        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            current = h.trim().to_string();
+            continue;
+        }
+        let k = l.split('=').next().map(str::trim).unwrap_or("");
+        if current == table && k == key {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct S {
+        name: String,
+        inner: Inner,
+    }
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        count: u32,
+        ratio: f64,
+    }
+    impl Validate for S {
+        fn validate(&self) -> Result<(), (String, String)> {
+            if self.inner.ratio > 1.0 {
+                return Err(("inner.ratio".into(), "must be at most 1".into()));
+            }
+            Ok(())
+        }
+    }
+
+    fn s() -> S {
+        S { name: "x".into(), inner: Inner { count: 3, ratio: 0.5 } }
+    }
+
+    #[test]
+    fn sets_override_values_of_any_type() {
+        let out = apply_sets(&s(), &["inner.count=7".into(), "name=hello".into(), "inner.ratio=0.25".into()]).unwrap();
+        assert_eq!(out, S { name: "hello".into(), inner: Inner { count: 7, ratio: 0.25 } });
+        // A numeric-looking string stays a string.
+        assert_eq!(apply_sets(&s(), &["name=42".into()]).unwrap().name, "42");
+    }
+
+    #[test]
+    fn bad_sets_name_the_key() {
+        let e = apply_sets(&s(), &["inner.cuont=7".into()]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("inner.cuont"));
+        assert!(e.message.contains("count"), "{e}");
+        let e = apply_sets(&s(), &["inner.count=-1".into()]).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("inner.count"), "{e}");
+        let e = apply_sets(&s(), &["inner.ratio=3".into()]).unwrap_err();
+        assert_eq!(e.to_string(), "--set: key `inner.ratio`: must be at most 1");
+        let e = apply_sets(&s(), &["novalue".into()]).unwrap_err();
+        assert!(e.to_string().contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn files_report_line_and_key() {
+        let text = "name = \"a\"\n[inner]\ncount = 1\nratio = 2.0\n";
+        let e = from_toml::<S>(text, "f.toml").unwrap_err();
+        assert_eq!(e.to_string(), "f.toml:4: key `inner.ratio`: must be at most 1");
+        let e = from_toml::<S>("name = \"a\"\n[inner]\ncount = \"x\"\nratio = 0.1\n", "f.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("inner.count")), "{e}");
+        let back: S = from_toml(&to_toml(&s()), "round").unwrap();
+        assert_eq!(back, s());
+    }
+}
