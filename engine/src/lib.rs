@@ -9,6 +9,7 @@
 //! [`Conntrack::lookup`] / [`Conntrack::new_conn`] (conntrack in),
 //! NAT on the [`Unconfirmed`] entry the packet owns, then [`Conntrack::confirm`].
 
+mod clock;
 pub mod conn;
 pub mod nat;
 pub mod profile;

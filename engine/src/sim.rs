@@ -15,7 +15,7 @@
 //! were scheduled. The same seed gives the same run, event for event.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -185,12 +185,7 @@ pub struct Delivered {
 pub struct Cx<'a> {
     now: Nanos,
     rng: &'a mut Pcg64Mcg,
-    cmds: &'a mut Vec<Cmd>,
-}
-
-enum Cmd {
-    Send(Nanos, Packet),
-    Timer(Nanos, u64),
+    events: &'a mut Events,
 }
 
 impl Cx<'_> {
@@ -204,11 +199,11 @@ impl Cx<'_> {
     }
     /// Send a packet into the hooks at time `at` (not before now).
     pub fn send(&mut self, at: Nanos, packet: Packet) {
-        self.cmds.push(Cmd::Send(at.max(self.now), packet));
+        self.events.send(at.max(self.now), packet);
     }
     /// Be called back with `token` at time `at`.
     pub fn timer(&mut self, at: Nanos, token: u64) {
-        self.cmds.push(Cmd::Timer(at.max(self.now), token));
+        self.events.push(at.max(self.now), Ev::Timer(token));
     }
 }
 
@@ -251,11 +246,75 @@ enum Stage {
     Confirm,
 }
 
-struct InFlight<'t> {
-    pkt: Packet,
+/// Where a packet is on its CPU, and the connection it created.
+struct Flight<'t> {
     cpu: usize,
     stage: Stage,
     ct: Option<Unconfirmed<'t>>,
+}
+
+/// Every pending event, and the packets they refer to.
+#[derive(Default)]
+struct Events {
+    /// Packet events: few at a time, microseconds apart. Packed keys (see
+    /// [`pack`]) so a sift compares one integer.
+    heap: BinaryHeap<Reverse<u128>>,
+    /// Workload timers (resolver timeouts and the like): many, far ahead.
+    /// Kept apart so packet events never sift through them.
+    timers: TimerQueue,
+    seq: u64,
+    /// Packets in flight, by id; ids are reused through `free`.
+    packets: Vec<Packet>,
+    free: Vec<u32>,
+}
+
+impl Events {
+    fn push(&mut self, at: Nanos, ev: Ev) {
+        self.seq += 1;
+        self.requeue(at, self.seq, ev);
+    }
+
+    fn requeue(&mut self, at: Nanos, seq: u64, ev: Ev) {
+        match ev {
+            Ev::Timer(token) => self.timers.push(at, seq, token),
+            ev => self.heap.push(Reverse(pack(at, seq, ev))),
+        }
+    }
+
+    fn send(&mut self, at: Nanos, packet: Packet) {
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.packets[id as usize] = packet;
+                id
+            }
+            None => {
+                self.packets.push(packet);
+                (self.packets.len() - 1) as u32
+            }
+        };
+        self.push(at, Ev::Arrive(id));
+    }
+
+    /// The earliest event of both queues: one total order by (time, scheduling order).
+    fn pop(&mut self) -> Option<(Nanos, u64, Ev)> {
+        let from_timers = match (self.heap.peek(), self.timers.peek()) {
+            (Some(Reverse(a)), Some(b)) => {
+                let (t, s, _) = unpack(*a);
+                (b.0, b.1) < (t, s)
+            }
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if from_timers {
+            self.timers.pop().map(|(at, seq, token)| (at, seq, Ev::Timer(token)))
+        } else {
+            self.heap.pop().map(|Reverse(k)| unpack(k))
+        }
+    }
+
+    fn pending(&self) -> bool {
+        !self.heap.is_empty() || !self.timers.is_empty()
+    }
 }
 
 #[derive(Default)]
@@ -272,14 +331,12 @@ pub struct Sim<'t> {
     rovers: Rovers,
     nat_secret: u64,
     rng: Pcg64Mcg,
-    heap: BinaryHeap<Reverse<(Nanos, u64, Ev)>>,
-    seq: u64,
+    events: Events,
     now: Nanos,
     cpus: Vec<Cpu>,
-    flights: Vec<Option<InFlight<'t>>>,
-    free: Vec<u32>,
+    /// By packet id, parallel to `events.packets`.
+    flights: Vec<Flight<'t>>,
     bursts: Vec<(u64, usize)>,
-    cmds: Vec<Cmd>,
     stats: RunStats,
 }
 
@@ -295,14 +352,11 @@ impl<'t> Sim<'t> {
             rovers: Rovers::default(),
             nat_secret,
             rng,
-            heap: BinaryHeap::new(),
-            seq: 0,
+            events: Events::default(),
             now: 0,
             cpus,
             flights: Vec::new(),
-            free: Vec::new(),
             bursts: Vec::new(),
-            cmds: Vec::new(),
             stats: RunStats::default(),
             cfg,
         }
@@ -320,8 +374,7 @@ impl<'t> Sim<'t> {
     }
 
     fn push(&mut self, at: Nanos, ev: Ev) {
-        self.seq += 1;
-        self.heap.push(Reverse((at, self.seq, ev)));
+        self.events.push(at, ev);
     }
 
     /// Run `w` until no event is left or virtual time passes `until`.
@@ -330,9 +383,9 @@ impl<'t> Sim<'t> {
         if self.cfg.gc_interval > 0 {
             self.push(self.cfg.gc_interval, Ev::Gc);
         }
-        while let Some(Reverse((at, _, ev))) = self.heap.pop() {
+        while let Some((at, seq, ev)) = self.events.pop() {
             if at > until {
-                self.heap.push(Reverse((at, 0, ev)));
+                self.events.requeue(at, seq, ev);
                 break;
             }
             self.now = at;
@@ -349,7 +402,7 @@ impl<'t> Sim<'t> {
                     // The GC worker is a kworker, not a softirq: it does not occupy a packet CPU.
                     self.table.gc(At::new(0, self.now), self.cfg.gc_buckets);
                     // Keep ticking only while something else is scheduled.
-                    if !self.heap.is_empty() {
+                    if self.events.pending() {
                         self.push(self.now + self.cfg.gc_interval, Ev::Gc);
                     }
                 }
@@ -360,25 +413,7 @@ impl<'t> Sim<'t> {
     }
 
     fn with_cx(&mut self, f: impl FnOnce(&mut Cx<'_>)) {
-        let mut cmds = std::mem::take(&mut self.cmds);
-        f(&mut Cx { now: self.now, rng: &mut self.rng, cmds: &mut cmds });
-        for cmd in cmds.drain(..) {
-            match cmd {
-                Cmd::Send(at, pkt) => {
-                    let id = match self.free.pop() {
-                        Some(id) => id,
-                        None => {
-                            self.flights.push(None);
-                            (self.flights.len() - 1) as u32
-                        }
-                    };
-                    self.flights[id as usize] = Some(InFlight { pkt, cpu: 0, stage: Stage::Lookup, ct: None });
-                    self.push(at, Ev::Arrive(id));
-                }
-                Cmd::Timer(at, token) => self.push(at, Ev::Timer(token)),
-            }
-        }
-        self.cmds = cmds;
+        f(&mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events });
     }
 
     fn steer(&mut self, pkt: &Packet) -> usize {
@@ -417,9 +452,13 @@ impl<'t> Sim<'t> {
     }
 
     fn arrive(&mut self, id: u32) {
-        let pkt = self.flights[id as usize].as_ref().expect("in flight").pkt;
+        let pkt = self.events.packets[id as usize];
         let cpu = self.steer(&pkt);
-        self.flights[id as usize].as_mut().expect("in flight").cpu = cpu;
+        let i = id as usize;
+        if i >= self.flights.len() {
+            self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None });
+        }
+        self.flights[i].cpu = cpu;
         let c = &mut self.cpus[cpu];
         if c.current.is_none() {
             c.current = Some(id);
@@ -439,9 +478,8 @@ impl<'t> Sim<'t> {
         (d as f64 * (1.0 + j.min(1.0) * u)).round() as Nanos
     }
 
-    fn schedule_stage(&mut self, cpu: usize, stage: Stage) {
-        let id = self.cpus[cpu].current.expect("busy cpu");
-        self.flights[id as usize].as_mut().expect("in flight").stage = stage;
+    /// A stage's duration, jittered.
+    fn stage_time(&mut self, stage: Stage) -> Nanos {
         let s = self.cfg.stages;
         let d = match stage {
             Stage::Lookup => s.lookup,
@@ -449,7 +487,18 @@ impl<'t> Sim<'t> {
             Stage::Snat => s.snat,
             Stage::Confirm => s.confirm,
         };
-        let d = self.jittered(d);
+        self.jittered(d)
+    }
+
+    fn schedule_stage(&mut self, cpu: usize, stage: Stage) {
+        self.schedule_stage_after(cpu, stage, 0);
+    }
+
+    /// Schedule `stage` of the packet on `cpu`, `extra` ns later than its own duration.
+    fn schedule_stage_after(&mut self, cpu: usize, stage: Stage, extra: Nanos) {
+        let id = self.cpus[cpu].current.expect("busy cpu");
+        self.flights[id as usize].stage = stage;
+        let d = extra + self.stage_time(stage);
         self.push(self.now + d, Ev::Stage(cpu as u32));
     }
 
@@ -458,8 +507,8 @@ impl<'t> Sim<'t> {
         let id = self.cpus[cpu].current.expect("stage on an idle cpu");
         let at = At::new(cpu, self.now);
         let table = self.table;
-        let f = self.flights[id as usize].as_mut().expect("in flight");
-        let pkt = f.pkt;
+        let pkt = self.events.packets[id as usize];
+        let f = &mut self.flights[id as usize];
         let done = match f.stage {
             Stage::Lookup => {
                 if pkt.notrack {
@@ -522,16 +571,29 @@ impl<'t> Sim<'t> {
             }
         };
         let Some((verdict, out)) = done else {
-            let next = match self.flights[id as usize].as_ref().expect("in flight").stage {
+            // Skip stages with nothing to do for this packet, keeping their time.
+            let (has_dnat, has_snat) = pkt.nat.map_or((false, false), |n| {
+                (self.rules[n.0 as usize].dnat.is_some(), self.rules[n.0 as usize].snat.is_some())
+            });
+            let mut next = match self.flights[id as usize].stage {
                 Stage::Lookup => Stage::Dnat,
                 Stage::Dnat => Stage::Snat,
                 Stage::Snat | Stage::Confirm => Stage::Confirm,
             };
-            self.schedule_stage(cpu, next);
+            let mut extra = 0;
+            if next == Stage::Dnat && !has_dnat {
+                extra += self.stage_time(Stage::Dnat);
+                next = Stage::Snat;
+            }
+            if next == Stage::Snat && !has_snat {
+                extra += self.stage_time(Stage::Snat);
+                next = Stage::Confirm;
+            }
+            self.schedule_stage_after(cpu, next, extra);
             return None;
         };
-        self.flights[id as usize] = None;
-        self.free.push(id);
+        debug_assert!(self.flights[id as usize].ct.is_none());
+        self.events.free.push(id);
         self.stats.packets += 1;
         let c = &mut self.cpus[cpu];
         c.current = c.queue.pop_front();
@@ -542,12 +604,205 @@ impl<'t> Sim<'t> {
     }
 }
 
+/// A packet event as one integer: time (64 bits) | scheduling order (40) |
+/// kind (2) | payload (22: a packet slot or a CPU). Ordering the integers
+/// orders the events by (time, scheduling order).
+fn pack(at: Nanos, seq: u64, ev: Ev) -> u128 {
+    let (kind, payload) = match ev {
+        Ev::Arrive(id) => (0u64, u64::from(id)),
+        Ev::Stage(cpu) => (1, u64::from(cpu)),
+        Ev::Gc => (2, 0),
+        Ev::Timer(_) => unreachable!("timers live in the timer queue"),
+    };
+    debug_assert!(seq < 1 << 40 && payload < 1 << 22, "simulation too large to pack");
+    u128::from(at) << 64 | u128::from(seq << 24 | kind << 22 | payload)
+}
+
+fn unpack(k: u128) -> (Nanos, u64, Ev) {
+    let lo = k as u64;
+    let payload = (lo & ((1 << 22) - 1)) as u32;
+    let ev = match (lo >> 22) & 3 {
+        0 => Ev::Arrive(payload),
+        1 => Ev::Stage(payload),
+        _ => Ev::Gc,
+    };
+    ((k >> 64) as u64, lo >> 24, ev)
+}
+
+/// Timers in coarse time slots (2^20 ns, about 1 ms). A slot is sorted once,
+/// when it becomes the earliest; timers added to it afterwards are inserted
+/// in order. Pops come out in exact (time, scheduling order).
+#[derive(Default)]
+struct TimerQueue {
+    /// Slot → timers, sorted descending (next to fire last) once `sorted`.
+    slots: BTreeMap<u64, (bool, Vec<Timer>)>,
+    /// The earliest timer, cached: every event pop peeks at it.
+    first: Option<Timer>,
+}
+
+/// (time, scheduling order, token).
+type Timer = (Nanos, u64, u64);
+
+impl TimerQueue {
+    const SLOT_SHIFT: u32 = 20;
+
+    fn push(&mut self, at: Nanos, seq: u64, token: u64) {
+        let t = (at, seq, token);
+        if self.first.is_none_or(|f| (at, seq) < (f.0, f.1)) {
+            self.first = Some(t);
+        }
+        let (sorted, v) = self.slots.entry(at >> Self::SLOT_SHIFT).or_default();
+        if *sorted {
+            let i = v.partition_point(|e| (e.0, e.1) > (at, seq));
+            v.insert(i, t);
+        } else {
+            v.push(t);
+        }
+    }
+
+    fn head(&mut self) -> Option<&mut Vec<Timer>> {
+        let (sorted, v) = self.slots.first_entry()?.into_mut();
+        if !*sorted {
+            v.sort_unstable_by_key(|t| std::cmp::Reverse((t.0, t.1)));
+            *sorted = true;
+        }
+        Some(v)
+    }
+
+    fn peek(&self) -> Option<Timer> {
+        self.first
+    }
+
+    fn pop(&mut self) -> Option<Timer> {
+        let head = self.head()?;
+        let t = head.pop();
+        if head.is_empty() {
+            self.slots.pop_first();
+        }
+        self.first = self.head().and_then(|v| v.last().copied());
+        t
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
 fn ip_bits(ip: &std::net::IpAddr) -> u64 {
     match ip {
         std::net::IpAddr::V4(a) => u64::from(u32::from(*a)),
         std::net::IpAddr::V6(a) => {
             let x = u128::from(*a);
             (x >> 64) as u64 ^ x as u64
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::profile::preset;
+    use crate::Stat;
+
+    /// Sends `pairs` bursts of two packets of one new UDP flow each, from CPU 0.
+    struct Pairs {
+        pairs: u32,
+        delivered: Vec<(u64, Nanos, usize)>,
+    }
+
+    impl Workload for Pairs {
+        fn start(&mut self, cx: &mut Cx<'_>) {
+            for i in 0..self.pairs {
+                let t = Tuple::udp(Ipv4Addr::new(10, 0, 0, 1), 10_000 + i as u16, Ipv4Addr::new(10, 96, 0, 10), 53);
+                for k in 0..2 {
+                    let mut p = Packet::new(t, u64::from(i * 2 + k));
+                    p.burst = Some(u64::from(i));
+                    cx.send(u64::from(i) * 1_000_000, p);
+                }
+            }
+        }
+        fn delivered(&mut self, cx: &mut Cx<'_>, d: Delivered) {
+            self.delivered.push((d.tag, cx.now(), d.cpu));
+        }
+        fn timer(&mut self, _: &mut Cx<'_>, _: u64) {}
+    }
+
+    fn run(steering: Steering, seed: u64) -> (Vec<(u64, Nanos, usize)>, crate::StatsSnapshot) {
+        let t = Conntrack::new(preset("4.14").unwrap(), 4, 1);
+        let cfg = SimConfig { cpus: 4, steering, seed, ..SimConfig::default() };
+        let mut sim = Sim::new(&t, cfg);
+        let mut w = Pairs { pairs: 300, delivered: vec![] };
+        sim.run(&mut w, Nanos::MAX);
+        (w.delivered, t.stats())
+    }
+
+    #[test]
+    fn one_cpu_serializes_a_burst_and_never_races() {
+        let (d, stats) = run(Steering::Sender, 1);
+        assert_eq!(d.len(), 600);
+        assert!(d.iter().all(|x| x.2 == 0));
+        assert_eq!(stats.get(Stat::InsertFailed), 0);
+        assert_eq!(stats.get(Stat::Insert), 300);
+        let (_, stats) = run(Steering::FlowHash, 1);
+        assert_eq!(stats.get(Stat::InsertFailed), 0);
+    }
+
+    #[test]
+    fn spreading_a_burst_over_cpus_races() {
+        let (_, stats) = run(Steering::Random, 1);
+        // Two packets land on different CPUs 3 times in 4: most pairs clash.
+        let clashes = stats.get(Stat::InsertFailed);
+        assert!((150..=300).contains(&clashes), "{clashes}");
+        // One insert per pair; the other packet clashed or found the entry.
+        assert_eq!(stats.get(Stat::Insert), 300);
+        let (_, stats) = run(Steering::Spread { split: 0.0 }, 1);
+        assert_eq!(stats.get(Stat::InsertFailed), 0);
+        let (_, stats) = run(Steering::Spread { split: 1.0 }, 1);
+        assert!(stats.get(Stat::InsertFailed) > 250, "{:?}", stats.total());
+    }
+
+    #[test]
+    fn same_seed_same_events() {
+        assert_eq!(run(Steering::Random, 5).0, run(Steering::Random, 5).0);
+        assert_ne!(run(Steering::Random, 5).0, run(Steering::Random, 6).0);
+    }
+
+    proptest! {
+        #[test]
+        fn timer_queue_pops_in_time_then_scheduling_order(
+            times in prop::collection::vec(0u64..5_000_000_000, 1..300),
+            interleave in prop::collection::vec(any::<bool>(), 1..300),
+        ) {
+            let mut q = TimerQueue::default();
+            let mut reference = Vec::new();
+            let mut popped = Vec::new();
+            let mut seq = 0;
+            let mut floor = 0;
+            for (i, t) in times.iter().enumerate() {
+                seq += 1;
+                // Like the simulator: nothing is scheduled before the last pop.
+                let at = floor + t;
+                q.push(at, seq, seq);
+                reference.push((at, seq, seq));
+                if interleave.get(i).copied().unwrap_or(false) {
+                    let p = q.pop().unwrap();
+                    floor = p.0;
+                    popped.push(p);
+                }
+            }
+            while let Some(p) = q.pop() {
+                popped.push(p);
+            }
+            for w in popped.windows(2) {
+                prop_assert!((w[0].0, w[0].1) < (w[1].0, w[1].1));
+            }
+            reference.sort();
+            popped.sort();
+            prop_assert_eq!(popped, reference);
         }
     }
 }

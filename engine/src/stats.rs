@@ -87,6 +87,15 @@ pub(crate) enum Tally {
 #[derive(Default)]
 struct CpuStats([AtomicU64; N + 2]);
 
+/// Add to a counter only its own CPU writes, as the kernel's `this_cpu_inc`
+/// does: a plain load and store, no locked read-modify-write. Callers pass
+/// each CPU index from one thread at a time (every executor does); readers
+/// may see a slightly stale value, never a torn one.
+#[inline]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
 /// The per-CPU counters of one conntrack table.
 pub struct Stats {
     cpus: Box<[CachePadded<CpuStats>]>,
@@ -111,13 +120,12 @@ impl Stats {
     #[inline]
     pub(crate) fn add(&self, cpu: usize, stat: Stat, n: u64) {
         debug_assert!(cpu < self.cpus.len(), "cpu {cpu} out of range 0..{}", self.cpus.len());
-        let cpu = &self.cpus[cpu % self.cpus.len()];
-        cpu.0[stat as usize].fetch_add(n, Ordering::Relaxed);
+        bump(&self.cpus[cpu % self.cpus.len()].0[stat as usize], n);
     }
 
     #[inline]
     pub(crate) fn tally(&self, cpu: usize, t: Tally) {
-        self.cpus[cpu % self.cpus.len()].0[t as usize].fetch_add(1, Ordering::Relaxed);
+        bump(&self.cpus[cpu % self.cpus.len()].0[t as usize], 1);
     }
 
     /// `(inserted, removed)` over the table's life, summed over CPUs.

@@ -31,10 +31,9 @@
 //! Hash, one bucket-head load, then per node: `seq`, the tuple words, the
 //! link, `seq` again. No lock, no reference count, no store to shared memory.
 
-use std::time::Duration;
-
 use rand::Rng;
 
+use crate::clock::{Jiffies, Spans};
 use crate::conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};
 use crate::profile::{ChainLimit, ClashPolicy, KernelProfile};
 use crate::slab::Slab;
@@ -227,7 +226,8 @@ pub struct Unconfirmed<'t> {
     status: Status,
     tcp_state: TcpState,
     created: Nanos,
-    timeout: Duration,
+    /// Initial timeout, in jiffies.
+    timeout: u32,
     reserved: bool,
 }
 
@@ -286,7 +286,8 @@ pub struct Conntrack {
     stats: Stats,
     hasher: ahash::RandomState,
     max: usize,
-    jiffy: Nanos,
+    jiffies: Jiffies,
+    spans: Spans,
     chain_limit: Option<ChainLimit>,
 }
 
@@ -328,8 +329,11 @@ impl Conntrack {
             z ^ (z >> 31)
         };
         let hasher = ahash::RandomState::with_seeds(next(), next(), next(), next());
+        let jiffies = Jiffies::new(profile.conntrack.hz);
+        let spans = Spans::new(&jiffies, &profile.timeouts, profile.conntrack.nat_clash_timeout);
         Self {
-            jiffy: 1_000_000_000 / u64::from(profile.conntrack.hz.max(1)),
+            jiffies,
+            spans,
             chain_limit: profile.conntrack.chain_limit,
             heads: (0..nbuckets).map(|b| AtomicU32::new(nulls(b))).collect(),
             locks: (0..nlocks).map(|_| CachePadded::new(Mutex::new(()))).collect(),
@@ -393,19 +397,13 @@ impl Conntrack {
 
     #[inline]
     fn jiffies(&self, now: Nanos) -> u32 {
-        (now / self.jiffy) as u32
-    }
-
-    #[inline]
-    fn to_jiffies(&self, d: Duration) -> u32 {
-        (d.as_nanos() / u128::from(self.jiffy)).min(u128::from(i32::MAX as u32)) as u32
+        self.jiffies.of(now) as u32
     }
 
     /// The time at which a connection expiring at jiffy `expires` expires, seen at `now`.
+    #[inline]
     fn expires_ns(&self, expires: u32, now: Nanos) -> Nanos {
-        let delta = i64::from(expires.wrapping_sub(self.jiffies(now)) as i32);
-        let base = now - now % self.jiffy;
-        base.saturating_add_signed(delta * self.jiffy as i64)
+        self.jiffies.expiry_ns(expires, now)
     }
 
     #[inline]
@@ -578,13 +576,13 @@ impl Conntrack {
                 return Err(TableFull);
             }
         }
-        let t = &self.profile.timeouts;
+        let sp = &self.spans;
         let (tcp_state, timeout) = match orig.proto {
-            L4Proto::Udp => (TcpState::None, t.udp),
-            L4Proto::Icmp => (TcpState::None, t.icmp),
-            L4Proto::Tcp if flags.syn && !flags.ack => (TcpState::SynSent, t.tcp_syn_sent),
+            L4Proto::Udp => (TcpState::None, sp.udp),
+            L4Proto::Icmp => (TcpState::None, sp.icmp),
+            L4Proto::Tcp if flags.syn && !flags.ack => (TcpState::SynSent, sp.tcp(TcpState::SynSent)),
             // Picked up mid-stream (nf_conntrack_tcp_loose).
-            L4Proto::Tcp => (TcpState::Established, t.tcp_established),
+            L4Proto::Tcp => (TcpState::Established, sp.tcp(TcpState::Established)),
         };
         Ok(Unconfirmed {
             table: self,
@@ -819,9 +817,9 @@ impl Conntrack {
         let mut status = ct.status | Status::CONFIRMED;
         let expires = if reply_only {
             status.insert(Status::NAT_CLASH | Status::FIXED_TIMEOUT);
-            now.wrapping_add(self.to_jiffies(self.profile.conntrack.nat_clash_timeout))
+            now.wrapping_add(self.spans.nat_clash)
         } else {
-            now.wrapping_add(self.to_jiffies(ct.timeout))
+            now.wrapping_add(ct.timeout)
         };
         let s = slot.seq.load(Ordering::Relaxed);
         let gen = s.wrapping_add(2);
@@ -1035,7 +1033,7 @@ impl Conntrack {
         let slot = K::slab(self).slot(hit.conn.idx);
         let now = self.jiffies(at.now);
         let reply = hit.dir == Dir::Reply;
-        let t = &self.profile.timeouts;
+        let sp = &self.spans;
         let mut w = slot.state.load(Ordering::Acquire);
         loop {
             let mut status = state::status(w);
@@ -1057,19 +1055,18 @@ impl Conntrack {
             let timeout = match hit.orig.proto {
                 L4Proto::Udp => {
                     if status.contains(Status::SEEN_REPLY) {
-                        let stream =
-                            t.udp_stream_after.is_none_or(|d| at.now.saturating_sub(hit.created) > d.as_nanos() as u64);
+                        let stream = sp.udp_stream_after.is_none_or(|d| at.now.saturating_sub(hit.created) > d);
                         if stream {
                             status.insert(Status::ASSURED);
-                            t.udp_stream
+                            sp.udp_stream
                         } else {
-                            t.udp
+                            sp.udp
                         }
                     } else {
-                        t.udp
+                        sp.udp
                     }
                 }
-                L4Proto::Icmp => t.icmp,
+                L4Proto::Icmp => sp.icmp,
                 L4Proto::Tcp => {
                     if flags.syn && !flags.ack && !reply && matches!(tcp, TcpState::TimeWait | TcpState::Close) {
                         self.kill(hit.conn, at);
@@ -1079,14 +1076,11 @@ impl Conntrack {
                     if tcp == TcpState::Established {
                         status.insert(Status::ASSURED);
                     }
-                    tcp_timeout(t, tcp)
+                    sp.tcp(tcp)
                 }
             };
-            let expires = if status.contains(Status::FIXED_TIMEOUT) {
-                state::expires(w)
-            } else {
-                now.wrapping_add(self.to_jiffies(timeout))
-            };
+            let expires =
+                if status.contains(Status::FIXED_TIMEOUT) { state::expires(w) } else { now.wrapping_add(timeout) };
             let nw = state::pack(expires, status, tcp, hit.conn.gen);
             if nw == w {
                 return Update::Accepted;
@@ -1173,17 +1167,5 @@ fn tcp_transition(s: TcpState, reply: bool, f: TcpFlags) -> TcpState {
         (LastAck, _) if f.ack => TimeWait,
         (None, _) => Established,
         (s, _) => s,
-    }
-}
-
-fn tcp_timeout(t: &crate::profile::Timeouts, s: TcpState) -> Duration {
-    match s {
-        TcpState::SynSent => t.tcp_syn_sent,
-        TcpState::SynRecv => t.tcp_syn_recv,
-        TcpState::Established | TcpState::None => t.tcp_established,
-        TcpState::FinWait => t.tcp_fin_wait,
-        TcpState::LastAck => t.tcp_last_ack,
-        TcpState::TimeWait => t.tcp_time_wait,
-        TcpState::Close => t.tcp_close,
     }
 }
