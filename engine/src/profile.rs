@@ -6,7 +6,6 @@
 //! `racetrack profiles --show NAME`, edits one field and passes the file to
 //! `--kernel`. Every field is documented in `docs/reference/profile.md`.
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -233,33 +232,7 @@ pub struct TcpProfile {
 }
 
 /// A profile that could not be loaded or is inconsistent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileError {
-    /// File name, or the preset name.
-    pub source: String,
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// Dotted key the problem is about, when known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ProfileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        write!(f, ": ")?;
-        if let Some(key) = &self.key {
-            write!(f, "key `{key}`: ")?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
-impl std::error::Error for ProfileError {}
+pub type ProfileError = crate::input::InputError;
 
 impl KernelProfile {
     /// Resolve `--kernel`: a preset name, or a path to a TOML profile.
@@ -288,13 +261,8 @@ impl KernelProfile {
 
     /// Parse and validate a TOML profile; `source` names it in errors.
     pub fn from_toml(text: &str, source: &str) -> Result<KernelProfile, ProfileError> {
-        let profile: KernelProfile = toml::from_str(text).map_err(|e| toml_error(&e, text, source))?;
-        profile.validate().map_err(|(key, message)| ProfileError {
-            source: source.to_string(),
-            line: line_of_key(text, key),
-            key: Some(key.to_string()),
-            message,
-        })?;
+        let profile: KernelProfile = toml::from_str(text).map_err(|e| ProfileError::from_toml(&e, text, source))?;
+        profile.validate().map_err(|(key, message)| ProfileError::invalid(text, source, key, message))?;
         Ok(profile)
     }
 
@@ -375,62 +343,4 @@ impl KernelProfile {
         }
         Ok(())
     }
-}
-
-/// One-line error from a TOML deserialisation failure.
-fn toml_error(e: &toml::de::Error, text: &str, source: &str) -> ProfileError {
-    let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-    // The toml crate's message is one line; its Display adds a source excerpt we don't want.
-    let message = e.message().trim().replace('\n', " ");
-    let key = key_at(text, line);
-    ProfileError { source: source.to_string(), line, key, message }
-}
-
-/// The dotted key defined on `line` (1-based), from the enclosing `[table]` headers.
-fn key_at(text: &str, line: Option<usize>) -> Option<String> {
-    let line = line?;
-    let mut table = String::new();
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            table = h.trim().to_string();
-            if i + 1 == line {
-                return Some(table);
-            }
-        } else if i + 1 == line {
-            let k = l.split('=').next()?.trim();
-            if k.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            return Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
-        }
-    }
-    None
-}
-
-/// The line where a dotted key (`conntrack.max`, `nat.search.attempts`) is set.
-fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
-    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
-    let mut current = String::new();
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            current = h.trim().to_string();
-            if current == dotted {
-                return Some(i + 1);
-            }
-            continue;
-        }
-        let k = l.split('=').next().map(str::trim).unwrap_or("");
-        if current == table && k == key {
-            return Some(i + 1);
-        }
-        // Inline tables: `chain_limit = { min = 50, spread = 30 }`.
-        if let Some((parent, leaf)) = table.rsplit_once('.') {
-            if current == parent && k == leaf {
-                return Some(i + 1);
-            }
-        }
-    }
-    None
 }

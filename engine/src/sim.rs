@@ -239,6 +239,7 @@ enum Ev {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
 enum Stage {
     Lookup,
     Dnat,
@@ -337,6 +338,8 @@ pub struct Sim<'t> {
     /// By packet id, parallel to `events.packets`.
     flights: Vec<Flight<'t>>,
     bursts: Vec<(u64, usize)>,
+    /// Per stage: (duration, jitter span), computed once.
+    stage_spans: [(Nanos, Nanos); 4],
     stats: RunStats,
 }
 
@@ -346,7 +349,11 @@ impl<'t> Sim<'t> {
         let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed);
         let nat_secret = rng.random();
         let cpus = (0..cfg.cpus.max(1)).map(|_| Cpu::default()).collect();
+        let st = cfg.stages;
+        let span = |d: Nanos| (d, (d as f64 * st.jitter.clamp(0.0, 1.0)) as Nanos);
+        let stage_spans = [span(st.lookup), span(st.dnat), span(st.snat), span(st.confirm)];
         Self {
+            stage_spans,
             table,
             rules: Vec::new(),
             rovers: Rovers::default(),
@@ -434,15 +441,16 @@ impl<'t> Sim<'t> {
             Steering::Spread { split } => {
                 let home = pkt.sender_cpu % n;
                 let Some(burst) = pkt.burst else { return home };
-                // Bursts are short-lived: keep the last few.
-                if let Some(&(_, first)) = self.bursts.iter().find(|(b, _)| *b == burst) {
+                // A burst's packets arrive together: the last few bursts suffice,
+                // newest first.
+                if let Some(&(_, first)) = self.bursts.iter().rev().find(|(b, _)| *b == burst) {
                     if n > 1 && self.rng.random_bool(split.clamp(0.0, 1.0)) {
                         let other = self.rng.random_range(0..n - 1);
                         return if other >= first { other + 1 } else { other };
                     }
                     return first;
                 }
-                if self.bursts.len() >= 64 {
+                if self.bursts.len() >= 16 {
                     self.bursts.remove(0);
                 }
                 self.bursts.push((burst, home));
@@ -469,25 +477,15 @@ impl<'t> Sim<'t> {
         }
     }
 
-    fn jittered(&mut self, d: Nanos) -> Nanos {
-        let j = self.cfg.stages.jitter;
-        if j <= 0.0 || d == 0 {
+    /// A stage's duration `d` scaled by `1 + jitter·u`, `u` uniform in
+    /// [−1, 1], in integers: uniform over `[d − s, d + s]`, `s = jitter·d`.
+    fn stage_time(&mut self, stage: Stage) -> Nanos {
+        let (d, span) = self.stage_spans[stage as usize];
+        if span == 0 {
             return d;
         }
-        let u: f64 = self.rng.random_range(-1.0..=1.0);
-        (d as f64 * (1.0 + j.min(1.0) * u)).round() as Nanos
-    }
-
-    /// A stage's duration, jittered.
-    fn stage_time(&mut self, stage: Stage) -> Nanos {
-        let s = self.cfg.stages;
-        let d = match stage {
-            Stage::Lookup => s.lookup,
-            Stage::Dnat => s.dnat,
-            Stage::Snat => s.snat,
-            Stage::Confirm => s.confirm,
-        };
-        self.jittered(d)
+        let r = u64::from(self.rng.random::<u32>());
+        d - span + ((r * (2 * span + 1)) >> 32)
     }
 
     fn schedule_stage(&mut self, cpu: usize, stage: Stage) {

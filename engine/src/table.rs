@@ -516,10 +516,11 @@ impl Conntrack {
         }
     }
 
-    fn hit<K: FamilyKey>(&self, m: &Matched<K>, key: &K, now: Nanos) -> Hit {
+    /// The caller's `matched` is the tuple that was looked up, unpacked already.
+    fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, now: Nanos) -> Hit {
         let (orig, reply) = match m.node.dir {
-            Dir::Original => (key.unpack(), m.other.unpack()),
-            Dir::Reply => (m.other.unpack(), key.unpack()),
+            Dir::Original => (matched, m.other.unpack()),
+            Dir::Reply => (m.other.unpack(), matched),
         };
         Hit {
             conn: m.node.conn,
@@ -539,15 +540,16 @@ impl Conntrack {
     /// either direction. Takes no lock and writes no shared memory.
     pub fn lookup(&self, tuple: &Tuple, at: At) -> Option<Hit> {
         match tuple.family() {
-            Family::V4 => self.lookup_k(&V4Key::pack(tuple)?, at),
-            Family::V6 => self.lookup_k(&V6Key::pack(tuple)?, at),
+            Family::V4 => self.lookup_k(tuple, &V4Key::pack(tuple)?, at),
+            Family::V6 => self.lookup_k(tuple, &V6Key::pack(tuple)?, at),
         }
     }
 
-    fn lookup_k<K: FamilyKey>(&self, key: &K, at: At) -> Option<Hit> {
+    #[inline]
+    fn lookup_k<K: FamilyKey>(&self, tuple: &Tuple, key: &K, at: At) -> Option<Hit> {
         let mut found = None;
         self.walk(self.bucket(self.hash(key)), key, at, |m| {
-            found = Some(self.hit(&m, key, at.now));
+            found = Some(self.hit(&m, *tuple, at.now));
             true
         });
         if found.is_some() && self.profile.counters.found_on_lookup {
@@ -794,7 +796,7 @@ impl Conntrack {
         let stat = if self.profile.counters.clash_resolve { Stat::ClashResolve } else { Stat::InsertFailed };
         self.stats.inc(at.cpu, stat);
         drop(ct);
-        Confirm::Merged(self.hit(w, w_key, at.now))
+        Confirm::Merged(self.hit(w, w_key.unpack(), at.now))
     }
 
     /// Write `ct` into a fresh slot and link it: both nodes, or the reply

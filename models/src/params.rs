@@ -6,39 +6,13 @@
 //! override is applied to the TOML form of the scenario and the result is
 //! deserialised again, so a `--set` is checked by the same rules as a file.
 
-use std::fmt;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Bad scenario input: which source, which key, what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParamError {
-    /// A file name, or `--set` for a command-line override.
-    pub source: String,
-    /// 1-based line in the file, when known.
-    pub line: Option<usize>,
-    /// Dotted key.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
+pub type ParamError = racetrack_engine::input::InputError;
 
-impl fmt::Display for ParamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.source)?;
-        if let Some(l) = self.line {
-            write!(f, ":{l}")?;
-        }
-        write!(f, ": ")?;
-        if let Some(k) = &self.key {
-            write!(f, "key `{k}`: ")?;
-        }
-        write!(f, "{}", self.message)
-    }
-}
-
-impl std::error::Error for ParamError {}
+pub use racetrack_engine::input::{key_at, line_of_key};
 
 /// Something a scenario can check after it was parsed.
 pub trait Validate {
@@ -48,16 +22,8 @@ pub trait Validate {
 
 /// Parse a scenario from TOML text; `source` names it in errors.
 pub fn from_toml<T: DeserializeOwned + Validate>(text: &str, source: &str) -> Result<T, ParamError> {
-    let value: T = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        ParamError { source: source.into(), line, key: key_at(text, line), message: one_line(e.message()) }
-    })?;
-    value.validate().map_err(|(key, message)| ParamError {
-        source: source.into(),
-        line: line_of_key(text, &key),
-        key: Some(key),
-        message,
-    })?;
+    let value: T = toml::from_str(text).map_err(|e| ParamError::from_toml(&e, text, source))?;
+    value.validate().map_err(|(key, message)| ParamError::invalid(text, source, &key, message))?;
     Ok(value)
 }
 
@@ -107,10 +73,9 @@ pub fn apply_sets<T: Serialize + DeserializeOwned + Validate>(value: &T, sets: &
         };
     }
     let text = toml::to_string(&doc).expect("a TOML value serialises");
-    let out: T = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        ParamError { source: "--set".into(), line: None, key: key_at(&text, line), message: one_line(e.message()) }
-    })?;
+    // The text is ours, not the user's: name the key, not a line of it.
+    let out: T =
+        toml::from_str(&text).map_err(|e| ParamError { line: None, ..ParamError::from_toml(&e, &text, "--set") })?;
     out.validate().map_err(|(key, message)| ParamError {
         source: "--set".into(),
         line: None,
@@ -118,50 +83,6 @@ pub fn apply_sets<T: Serialize + DeserializeOwned + Validate>(value: &T, sets: &
         message,
     })?;
     Ok(out)
-}
-
-fn one_line(s: &str) -> String {
-    s.trim().replace('\n', " ")
-}
-
-/// The dotted key defined on `line` (1-based).
-pub fn key_at(text: &str, line: Option<usize>) -> Option<String> {
-    let line = line?;
-    let mut table = String::new();
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            table = h.trim_matches(|c| c == '[' || c == ']').trim().to_string();
-            if i + 1 == line {
-                return Some(table);
-            }
-        } else if i + 1 == line {
-            let k = l.split('=').next()?.trim();
-            if k.is_empty() || l.starts_with('#') {
-                return None;
-            }
-            return Some(if table.is_empty() { k.to_string() } else { format!("{table}.{k}") });
-        }
-    }
-    None
-}
-
-/// The line where a dotted key is set, if it is written out.
-pub fn line_of_key(text: &str, dotted: &str) -> Option<usize> {
-    let (table, key) = dotted.rsplit_once('.').unwrap_or(("", dotted));
-    let mut current = String::new();
-    for (i, l) in text.lines().enumerate() {
-        let l = l.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            current = h.trim().to_string();
-            continue;
-        }
-        let k = l.split('=').next().map(str::trim).unwrap_or("");
-        if current == table && k == key {
-            return Some(i + 1);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

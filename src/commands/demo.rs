@@ -74,7 +74,8 @@ pub fn run<W: Write>(out: &mut W) -> Result<ExitCode, CliError> {
     writeln!(
         out,
         "\nRead: 4.14 drops the second query of a racing pair, so the lookup waits glibc's 5 s timeout; 4.19 merges\n\
-         identical entries (insert_failed still counts them) but not pairs sent to different endpoints; 5.6+ never drops.\n\
+         identical entries (insert_failed still counts them) but not pairs sent to different endpoints; 5.6+ never\n\
+         drops, and from 5.10 resolved clashes move clash_resolve instead of insert_failed.\n\
          Try: racetrack run dns --kernel 4.14 --set clients.resolver=musl   |   racetrack scenarios --show dns"
     )?;
     Ok(ExitCode::SUCCESS)
