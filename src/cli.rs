@@ -35,6 +35,44 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Hammer one table with real threads: race counting under real
+    /// concurrency, and the table's speed.
+    Stress {
+        /// Worker threads, one per CPU.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// `pair` (two threads release one new flow at once), `snat`, `lookup`, `mixed`.
+        #[arg(long, value_enum, default_value_t = StressWorkload::Pair)]
+        workload: StressWorkload,
+        /// Stop after this long (`2s`, `500ms`).
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Stop after this many operations (whichever comes first).
+        #[arg(long)]
+        ops: Option<u64>,
+        /// Kernel preset or profile TOML file.
+        #[arg(long, value_name = "NAME|FILE", default_value = "4.19")]
+        kernel: String,
+        /// Busy work between lookup and confirm, standing for the rest of the
+        /// packet path (the real race window). `0s` allowed.
+        #[arg(long, default_value = "2us", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        /// DNAT endpoints for `pair`.
+        #[arg(long, default_value_t = 1)]
+        endpoints: u32,
+        /// `snat`: MASQUERADE with `--random-fully`.
+        #[arg(long)]
+        random_fully: bool,
+        /// Established flows for `lookup` and `mixed`; live flows for `snat`.
+        #[arg(long, default_value_t = 10_000)]
+        flows: u32,
+        /// Seed of the workers' generators.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output format (default: table on a terminal, json otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// List the built-in scenarios, or print one as TOML.
     Scenarios {
         /// Print this scenario as TOML: every parameter `--set` accepts.
@@ -50,6 +88,19 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+}
+
+/// The stress workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StressWorkload {
+    /// Two threads release the first packet of one new UDP flow at once (udpclash).
+    Pair,
+    /// New TCP flows to one destination through MASQUERADE.
+    Snat,
+    /// Established flows, read-mostly.
+    Lookup,
+    /// Established, new and closing flows, with GC.
+    Mixed,
 }
 
 /// How results are printed.

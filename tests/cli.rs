@@ -195,3 +195,28 @@ fn bad_run_input_exits_2_naming_the_key() {
     let p = temp_file("binary.toml", "\u{0}\u{1}\u{2}garbage");
     assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["binary.toml"]);
 }
+
+#[test]
+fn stress_reports_races_and_the_documented_keys() {
+    let d =
+        summary(&racetrack(&["stress", "--kernel", "4.14", "--ops", "20000", "--duration", "30s", "--format", "json"]));
+    for key in ["workload", "threads", "kernel", "ops", "ops_per_s", "conntrack", "per_cpu", "races", "elapsed_s"] {
+        assert!(d.get(key).is_some(), "missing {key}: {d}");
+    }
+    assert!(d["ops"].as_u64().unwrap() >= 20000);
+    assert_eq!(d["per_cpu"].as_array().unwrap().len(), 2);
+    let r = &d["races"];
+    assert_eq!(r["clashed"], r["dropped"], "4.14 drops every clash it sees: {r}");
+    assert_eq!(d["conntrack"]["insert_failed"], r["dropped"]);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        assert!(r["clashed"].as_u64().unwrap() > 0, "two threads on two cores race: {r}");
+    }
+}
+
+#[test]
+fn stress_rejects_bad_arguments() {
+    assert_one_line_error(&racetrack(&["stress", "--threads", "0"]), &["--threads"]);
+    assert_one_line_error(&racetrack(&["stress", "--endpoints", "0"]), &["--endpoints"]);
+    assert_one_line_error(&racetrack(&["stress", "--kernel", "nope"]), &["nope"]);
+    assert_eq!(racetrack(&["stress", "--duration", "soon"]).status.code(), Some(2));
+}

@@ -19,6 +19,8 @@ mod slab;
 pub mod stats;
 pub(crate) mod sync;
 pub mod table;
+#[cfg(not(loom))]
+pub mod threads;
 pub mod tuple;
 
 pub use conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};

@@ -4,6 +4,7 @@ mod demo;
 mod profiles;
 mod run;
 mod scenarios;
+mod stress;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -21,6 +22,34 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             run::run(&mut out, &scenario, &kernel, &sets, seed, format)
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
+        Some(Command::Stress {
+            threads,
+            workload,
+            duration,
+            ops,
+            kernel,
+            window,
+            endpoints,
+            random_fully,
+            flows,
+            seed,
+            format,
+        }) => stress::run(
+            &mut out,
+            stress::Args {
+                threads,
+                workload,
+                duration,
+                ops,
+                kernel,
+                window,
+                endpoints,
+                random_fully,
+                flows,
+                seed,
+                format,
+            },
+        ),
     };
     let result = result.and_then(|code| out.flush().map(|_| code).map_err(CliError::from));
     match result {
