@@ -69,6 +69,12 @@ pub enum Command {
         /// Seed of the workers' generators.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Also run the workload on a `DashMap` and a `Mutex<HashMap>` (lookup, mixed).
+        #[arg(long)]
+        baselines: bool,
+        /// Run with 1..=N threads, beside an embarrassingly parallel reference loop.
+        #[arg(long)]
+        scaling: bool,
         /// Output format (default: table on a terminal, json otherwise).
         #[arg(long, value_enum)]
         format: Option<Format>,

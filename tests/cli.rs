@@ -220,3 +220,32 @@ fn stress_rejects_bad_arguments() {
     assert_one_line_error(&racetrack(&["stress", "--kernel", "nope"]), &["nope"]);
     assert_eq!(racetrack(&["stress", "--duration", "soon"]).status.code(), Some(2));
 }
+
+#[test]
+fn stress_baselines_and_scaling_report_their_keys() {
+    let d = summary(&racetrack(&[
+        "stress",
+        "--workload",
+        "mixed",
+        "--ops",
+        "200000",
+        "--duration",
+        "20s",
+        "--baselines",
+        "--scaling",
+        "--format",
+        "json",
+    ]));
+    for b in ["dashmap", "mutex_hashmap"] {
+        assert!(d["baselines"][b]["ops_per_s"].as_f64().unwrap() > 0.0, "{d}");
+    }
+    let s = d["scaling"].as_array().unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(s[0]["threads"], 1);
+    assert_eq!(s[0]["speedup"], 1.0);
+    for key in ["ops_per_s", "speedup", "reference_speedup", "efficiency"] {
+        assert!(s[1].get(key).is_some(), "missing scaling.{key}");
+    }
+    // A plain map has no conntrack races: baselines make no sense for pair.
+    assert_one_line_error(&racetrack(&["stress", "--workload", "pair", "--baselines"]), &["--baselines"]);
+}

@@ -33,6 +33,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             random_fully,
             flows,
             seed,
+            baselines,
+            scaling,
             format,
         }) => stress::run(
             &mut out,
@@ -47,6 +49,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 random_fully,
                 flows,
                 seed,
+                baselines,
+                scaling,
                 format,
             },
         ),

@@ -2,13 +2,14 @@
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use racetrack_engine::nat::SnatFlags;
 use racetrack_engine::threads::{self, spin_work, Races, StressConfig, Workload};
 use racetrack_engine::{Conntrack, KernelProfile};
+use racetrack_models::baseline::{self, Dash, MutexMap, Speed};
 use serde::Serialize;
 
 use crate::cli::{Format, StressWorkload};
@@ -27,6 +28,8 @@ pub struct Args {
     pub random_fully: bool,
     pub flows: u32,
     pub seed: u64,
+    pub baselines: bool,
+    pub scaling: bool,
     pub format: Option<Format>,
 }
 
@@ -42,8 +45,98 @@ struct Summary {
     conntrack: std::collections::BTreeMap<&'static str, u64>,
     per_cpu: Vec<std::collections::BTreeMap<&'static str, u64>>,
     races: Races,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baselines: Option<Baselines>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scaling: Vec<ScalePoint>,
     interrupted: bool,
 }
+
+#[derive(Serialize)]
+struct Baselines {
+    dashmap: Speed,
+    mutex_hashmap: Speed,
+}
+
+#[derive(Serialize)]
+struct ScalePoint {
+    threads: usize,
+    ops_per_s: f64,
+    /// ops/s over the 1-thread run.
+    speedup: f64,
+    /// The reference loop's speed-up at this many threads, measured in the same run.
+    reference_speedup: f64,
+    /// speedup / reference_speedup.
+    efficiency: f64,
+}
+
+/// Time `f`, which runs until its `keep_going(ops)` says stop: stops at
+/// `duration`, at `ops`, or on Ctrl-C. Returns (ops, seconds).
+fn timed(limit: &Limit, f: impl FnOnce(&mut dyn FnMut(u64) -> bool) -> u64) -> (u64, f64) {
+    let start = Instant::now();
+    let mut last_report = start;
+    let mut keep_going = |done: u64| {
+        let now = Instant::now();
+        let elapsed = now.duration_since(start);
+        if limit.progress
+            && elapsed > Duration::from_secs(1)
+            && now.duration_since(last_report) > Duration::from_millis(250)
+        {
+            last_report = now;
+            let rate = done as f64 / elapsed.as_secs_f64();
+            eprint!(
+                "\r{}: {} ops, {:.2} M ops/s, {:.0} s left   ",
+                limit.label,
+                done,
+                rate / 1e6,
+                limit.duration.saturating_sub(elapsed).as_secs_f64()
+            );
+        }
+        !limit.interrupted.load(Ordering::SeqCst) && elapsed < limit.duration && limit.ops.is_none_or(|n| done < n)
+    };
+    let ops = f(&mut keep_going);
+    let secs = start.elapsed().as_secs_f64();
+    if limit.progress && secs > 1.0 {
+        eprint!("\r{:70}\r", "");
+    }
+    (ops, secs)
+}
+
+struct Limit {
+    duration: Duration,
+    ops: Option<u64>,
+    interrupted: Arc<AtomicBool>,
+    progress: bool,
+    label: String,
+}
+
+/// The embarrassingly parallel reference: busy loops on `threads` threads.
+fn reference(threads: usize, limit: &Limit) -> f64 {
+    let (ops, secs) = timed(limit, |keep_going| {
+        let done: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for d in &done {
+                let stop = &stop;
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::black_box(spin_work(10_000));
+                        d.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            while keep_going(done.iter().map(|d| d.load(Ordering::Relaxed)).sum()) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        done.iter().map(|d| d.load(Ordering::Relaxed)).sum()
+    });
+    ops as f64 / secs
+}
+
+/// A workload run that stops when its `keep_going(ops)` says so; returns the ops done.
+type Runner<'a> = dyn Fn(&mut dyn FnMut(u64) -> bool) -> u64 + 'a;
 
 /// Busy-loop iterations per nanosecond on this machine, measured once.
 fn spins_per_ns() -> f64 {
@@ -79,44 +172,82 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         endpoints: a.endpoints,
         snat_flags: SnatFlags { random: false, random_fully: a.random_fully },
         flows: a.flows,
-        batch: if workload == Workload::Pair { 64 } else { 1024 },
+        // Batches of a few milliseconds: the feeding thread then sleeps on a
+        // full channel instead of competing with the workers for the cores.
+        batch: if workload == Workload::Pair { 1024 } else { 65536 },
         seed: a.seed,
     };
-    let table = Conntrack::new(profile, a.threads, a.seed);
-
+    let baseline_workload = match workload {
+        Workload::Lookup => Some(baseline::Workload::Lookup),
+        Workload::Mixed => Some(baseline::Workload::Mixed),
+        _ => None,
+    };
+    if a.baselines && baseline_workload.is_none() {
+        return Err(CliError::Input(
+            "--baselines: applies to --workload lookup or mixed (a plain map has no conntrack races to run)".into(),
+        ));
+    }
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let flag = interrupted.clone();
-        // A second handler cannot be installed in one process (tests run
-        // several commands): keep going without one.
+        // Only one handler per process; without one, Ctrl-C just ends the process.
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    let progress = std::io::stderr().is_terminal();
-    let start = Instant::now();
-    let mut last_report = start;
-    let outcome = threads::run(&table, &cfg, |done| {
-        let now = Instant::now();
-        if progress
-            && now.duration_since(start) > Duration::from_secs(1)
-            && now.duration_since(last_report) > Duration::from_millis(250)
-        {
-            last_report = now;
-            let rate = done as f64 / now.duration_since(start).as_secs_f64();
-            eprint!(
-                "\r{} ops, {:.2} M ops/s, {:.0} s left   ",
-                done,
-                rate / 1e6,
-                a.duration.saturating_sub(now - start).as_secs_f64()
-            );
-        }
-        !interrupted.load(Ordering::SeqCst) && now.duration_since(start) < a.duration && a.ops.is_none_or(|n| done < n)
-    });
-    let elapsed = start.elapsed();
-    if progress && elapsed > Duration::from_secs(1) {
-        eprint!("\r{:60}\r", "");
-    }
+    let limit = |label: &str| Limit {
+        duration: a.duration,
+        ops: a.ops,
+        interrupted: interrupted.clone(),
+        progress: std::io::stderr().is_terminal(),
+        label: label.to_string(),
+    };
+    let engine_run = |threads: usize, label: &str| {
+        let cfg = StressConfig { threads, ..cfg.clone() };
+        let table = Conntrack::new(profile.clone(), threads, a.seed);
+        let mut outcome = Default::default();
+        let (_, secs) = timed(&limit(label), |keep_going| {
+            outcome = threads::run(&table, &cfg, keep_going);
+            outcome.ops
+        });
+        (table, outcome, secs)
+    };
+    let (table, outcome, secs) = engine_run(a.threads, "racetrack");
     threads::check_invariants(&table).map_err(|e| CliError::Input(format!("invariant broken after the run: {e}")))?;
     let snap = table.stats();
+    let baselines = match baseline_workload.filter(|_| a.baselines) {
+        None => None,
+        Some(bw) => {
+            let speed = |map: &Runner<'_>, label: &str| {
+                let (ops, secs) = timed(&limit(label), |k| map(k));
+                Speed { ops, ops_per_s: ops as f64 / secs }
+            };
+            let dash = Dash::new(a.flows as usize);
+            let dashmap = speed(&|k| baseline::run(&dash, bw, a.threads, a.flows, window_spins, a.seed, k), "dashmap");
+            let mutex = MutexMap::new(a.flows as usize);
+            let mutex_hashmap =
+                speed(&|k| baseline::run(&mutex, bw, a.threads, a.flows, window_spins, a.seed, k), "mutex_hashmap");
+            Some(Baselines { dashmap, mutex_hashmap })
+        }
+    };
+    let mut scaling = Vec::new();
+    if a.scaling {
+        let mut base = (0.0, 0.0);
+        for t in 1..=a.threads {
+            let (_, o, secs) = engine_run(t, &format!("racetrack, {t} threads"));
+            let rate = o.ops as f64 / secs;
+            let reference = reference(t, &limit(&format!("reference, {t} threads")));
+            if t == 1 {
+                base = (rate, reference);
+            }
+            let (speedup, reference_speedup) = (rate / base.0, reference / base.1);
+            scaling.push(ScalePoint {
+                threads: t,
+                ops_per_s: rate,
+                speedup,
+                reference_speedup,
+                efficiency: speedup / reference_speedup,
+            });
+        }
+    }
     let s = Summary {
         workload: match workload {
             Workload::Pair => "pair",
@@ -127,12 +258,14 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         threads: a.threads,
         kernel,
         ops: outcome.ops,
-        elapsed_s: elapsed.as_secs_f64(),
-        ops_per_s: outcome.ops as f64 / elapsed.as_secs_f64().max(1e-9),
+        elapsed_s: secs,
+        ops_per_s: outcome.ops as f64 / secs.max(1e-9),
         window_ns: a.window.as_nanos() as u64,
         conntrack: snap.total().iter().collect(),
         per_cpu: snap.per_cpu.iter().map(|c| c.iter().collect()).collect(),
         races: outcome.races,
+        baselines,
+        scaling,
         interrupted: interrupted.load(Ordering::SeqCst),
     };
     match a.format.unwrap_or_else(super::run::default_format) {
@@ -155,6 +288,27 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
             }
             let counters: Vec<String> = s.conntrack.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(out, "conntrack  {}", counters.join(" "))?;
+            if let Some(b) = &s.baselines {
+                writeln!(
+                    out,
+                    "baselines  dashmap {:.2} M ops/s ({:.2}x)   mutex_hashmap {:.2} M ops/s ({:.2}x)",
+                    b.dashmap.ops_per_s / 1e6,
+                    s.ops_per_s / b.dashmap.ops_per_s,
+                    b.mutex_hashmap.ops_per_s / 1e6,
+                    s.ops_per_s / b.mutex_hashmap.ops_per_s
+                )?;
+            }
+            for p in &s.scaling {
+                writeln!(
+                    out,
+                    "scaling  {} threads: {:.2} M ops/s, speed-up {:.2}, reference loop {:.2}, efficiency {:.0}%",
+                    p.threads,
+                    p.ops_per_s / 1e6,
+                    p.speedup,
+                    p.reference_speedup,
+                    100.0 * p.efficiency
+                )?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
