@@ -21,9 +21,10 @@ pub enum Command {
         /// A built-in scenario (`racetrack scenarios`) or a scenario TOML file.
         #[arg(value_name = "SCENARIO|FILE")]
         scenario: String,
-        /// Kernel preset or profile TOML file.
-        #[arg(long, value_name = "NAME|FILE", default_value = "4.19")]
-        kernel: String,
+        /// Kernel preset or profile TOML file (default: 4.19; 4.9 for
+        /// `tw-recycle`, which needs a kernel that still has `tcp_tw_recycle`).
+        #[arg(long, value_name = "NAME|FILE")]
+        kernel: Option<String>,
         /// Override a scenario parameter, e.g. `--set clients.resolver=musl`
         /// (`racetrack scenarios --show NAME` lists every key).
         #[arg(long = "set", value_name = "KEY=VALUE")]

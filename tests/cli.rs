@@ -249,3 +249,93 @@ fn stress_baselines_and_scaling_report_their_keys() {
     // A plain map has no conntrack races: baselines make no sense for pair.
     assert_one_line_error(&racetrack(&["stress", "--workload", "pair", "--baselines"]), &["--baselines"]);
 }
+
+/// Dotted keys of every leaf in a TOML document.
+fn leaf_keys(prefix: &str, t: &toml::Table, out: &mut Vec<String>) {
+    for (k, v) in t {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match v {
+            toml::Value::Table(inner) => leaf_keys(&key, inner, out),
+            _ => out.push(key),
+        }
+    }
+}
+
+#[test]
+fn every_scenario_parameter_is_shown_and_documented() {
+    let listing = stdout(&racetrack(&["scenarios"]));
+    for name in ["dns", "snat", "tw-recycle", "syn-backlog"] {
+        assert!(listing.lines().any(|l| l.starts_with(&format!("{name} "))), "{listing}");
+        let o = racetrack(&["scenarios", "--show", name]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let table: toml::Table = toml::from_str(&stdout(&o)).unwrap();
+        let mut keys = Vec::new();
+        leaf_keys("", &table, &mut keys);
+        let doc = std::fs::read_to_string(format!("{}/docs/reference/scenarios/{name}.md", env!("CARGO_MANIFEST_DIR")))
+            .unwrap_or_else(|e| panic!("docs for {name}: {e}"));
+        for k in keys {
+            // Under a `## [section]` heading a key may be written relative to it.
+            let relative = k.split_once('.').map_or(k.as_str(), |(_, rest)| rest);
+            assert!(
+                doc.contains(&format!("`{k}`")) || doc.contains(&format!("`{relative}`")),
+                "docs/reference/scenarios/{name}.md does not document `{k}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn run_snat_reports_the_allocator_and_tcp_keys() {
+    let d = summary(&racetrack(&[
+        "run",
+        "snat",
+        "--kernel",
+        "4.14",
+        "--format",
+        "json",
+        "--set",
+        "load.connections=3000",
+        "--set",
+        "load.rate=400",
+    ]));
+    for key in ["scenario", "kernel", "seed", "conntrack", "per_cpu", "clients", "snat", "tcp", "analytic"] {
+        assert!(d.get(key).is_some(), "missing {key}: {d}");
+    }
+    for key in ["probes", "probes_max", "ports_in_use_max", "exhausted", "allocations", "kept_original"] {
+        assert!(d["snat"].get(key).is_some(), "missing snat.{key}");
+    }
+    for key in ["syn_dropped_paws", "syn_dropped_backlog", "syn_retransmits"] {
+        assert!(d["tcp"].get(key).is_some(), "missing tcp.{key}");
+    }
+    assert_eq!(d["clients"]["requests"], 3000);
+    let probes: u64 = d["snat"]["probes"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(probes, d["snat"]["allocations"].as_u64().unwrap());
+    let a = d["analytic"].as_array().unwrap();
+    assert!(a.iter().all(|p| p["predicted"].is_number() && p["formula"].is_string()), "{a:?}");
+}
+
+#[test]
+fn listener_scenarios_run_with_their_default_kernels() {
+    let d = summary(&racetrack(&["run", "tw-recycle", "--format", "json"]));
+    assert_eq!(d["kernel"], "4.9");
+    assert!(d["tcp"]["syn_dropped_paws"].as_u64().unwrap() > 0);
+    let d = summary(&racetrack(&["run", "syn-backlog", "--format", "json"]));
+    assert!(d["tcp"]["syn_dropped_backlog"].as_u64().unwrap() > 0);
+    assert_eq!(d["conntrack"]["drop"], 0);
+    let table = stdout(&racetrack(&["run", "syn-backlog", "--format", "table"]));
+    assert!(table.contains("syn_dropped_backlog=") && table.contains("analytic"), "{table}");
+}
+
+#[test]
+fn tcp_scenarios_reject_bad_values_naming_the_key() {
+    assert_one_line_error(&racetrack(&["run", "snat", "--set", "load.rate=-1"]), &["load.rate"]);
+    assert_one_line_error(&racetrack(&["run", "snat", "--set", "snat.port_max=10"]), &["snat.port_max"]);
+    assert_one_line_error(&racetrack(&["run", "snat", "--set", "snat.allocator=magic"]), &["snat.allocator"]);
+    assert_one_line_error(
+        &racetrack(&["run", "syn-backlog", "--set", "listener.tcp_syncookies=3"]),
+        &["listener.tcp_syncookies"],
+    );
+    assert_one_line_error(&racetrack(&["run", "tw-recycle", "--set", "hosts.count=0"]), &["hosts.count"]);
+    // The knob is gone since 4.12: say so.
+    assert_one_line_error(&racetrack(&["run", "tw-recycle", "--kernel", "4.14"]), &["server.tw_recycle", "4.12"]);
+}

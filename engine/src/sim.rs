@@ -22,7 +22,7 @@ use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
 use crate::nat::dnat::Dnat;
-use crate::nat::snat::{Rovers, Snat};
+use crate::nat::snat::{Rovers, Snat, SnatOutcome};
 use crate::table::{Confirm, Conntrack, Unconfirmed, Update};
 use crate::{At, Hit, Nanos, TcpFlags, Tuple};
 
@@ -179,6 +179,18 @@ pub struct Delivered {
     pub verdict: Verdict,
     /// The tuple as it leaves, NAT applied (meaningful when accepted).
     pub out: Tuple,
+    /// For a new connection through SNAT: what the port search did.
+    pub snat: Option<SnatDone>,
+}
+
+/// An SNAT port allocation, as the simulator saw it happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnatDone {
+    /// What the allocator chose and how many ports it probed.
+    pub outcome: SnatOutcome,
+    /// Allocations on other CPUs that had chosen a port but not yet
+    /// confirmed when this one searched: the ones it could not see.
+    pub racing: u32,
 }
 
 /// What a workload can do when called back.
@@ -252,6 +264,7 @@ struct Flight<'t> {
     cpu: usize,
     stage: Stage,
     ct: Option<Unconfirmed<'t>>,
+    snat: Option<SnatDone>,
 }
 
 /// Every pending event, and the packets they refer to.
@@ -464,7 +477,7 @@ impl<'t> Sim<'t> {
         let cpu = self.steer(&pkt);
         let i = id as usize;
         if i >= self.flights.len() {
-            self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None });
+            self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None, snat: None });
         }
         self.flights[i].cpu = cpu;
         let c = &mut self.cpus[cpu];
@@ -506,8 +519,7 @@ impl<'t> Sim<'t> {
         let at = At::new(cpu, self.now);
         let table = self.table;
         let pkt = self.events.packets[id as usize];
-        let f = &mut self.flights[id as usize];
-        let done = match f.stage {
+        let done = match self.flights[id as usize].stage {
             Stage::Lookup => {
                 if pkt.notrack {
                     Some((Verdict::Untracked, pkt.tuple))
@@ -521,7 +533,7 @@ impl<'t> Sim<'t> {
                 } else {
                     match table.new_conn(pkt.tuple, pkt.flags, at) {
                         Ok(ct) => {
-                            f.ct = Some(ct);
+                            self.flights[id as usize].ct = Some(ct);
                             None
                         }
                         Err(_) => Some((Verdict::TableFull, pkt.tuple)),
@@ -529,6 +541,7 @@ impl<'t> Sim<'t> {
                 }
             }
             Stage::Dnat => {
+                let f = &mut self.flights[id as usize];
                 if let (Some(rules), Some(ct)) = (pkt.nat.map(|n| &self.rules[n.0 as usize]), f.ct.as_mut()) {
                     if let Some(dnat) = &rules.dnat {
                         let i = dnat.select(ct.orig(), &mut self.rng);
@@ -539,6 +552,20 @@ impl<'t> Sim<'t> {
                 None
             }
             Stage::Snat => {
+                // Allocations made on other CPUs and not yet confirmed: invisible to this search.
+                let racing = self
+                    .cpus
+                    .iter()
+                    .enumerate()
+                    .filter(|&(c, cpu_state)| {
+                        c != cpu
+                            && cpu_state.current.is_some_and(|o| {
+                                let o = &self.flights[o as usize];
+                                o.snat.is_some() && o.ct.is_some()
+                            })
+                    })
+                    .count() as u32;
+                let f = &mut self.flights[id as usize];
                 if let (Some(rules), Some(ct)) = (pkt.nat.map(|n| &self.rules[n.0 as usize]), f.ct.as_mut()) {
                     if let Some(snat) = &rules.snat {
                         let (orig, reply) = (*ct.orig(), *ct.reply());
@@ -554,12 +581,13 @@ impl<'t> Sim<'t> {
                             |cand: &Tuple, harder: bool| table.tuple_taken(cand, &orig, harder, at),
                         );
                         ct.snat(o.addr, o.port);
+                        f.snat = Some(SnatDone { outcome: o, racing });
                     }
                 }
                 None
             }
             Stage::Confirm => {
-                let ct = f.ct.take().expect("confirm without an entry");
+                let ct = self.flights[id as usize].ct.take().expect("confirm without an entry");
                 let c = table.confirm(ct, at, &mut self.rng);
                 let out = match &c {
                     Confirm::Inserted(h) | Confirm::Merged(h) | Confirm::NatClash(h) => h.reply.invert(),
@@ -591,6 +619,7 @@ impl<'t> Sim<'t> {
             return None;
         };
         debug_assert!(self.flights[id as usize].ct.is_none());
+        let snat = self.flights[id as usize].snat.take();
         self.events.free.push(id);
         self.stats.packets += 1;
         let c = &mut self.cpus[cpu];
@@ -598,7 +627,7 @@ impl<'t> Sim<'t> {
         if c.current.is_some() {
             self.schedule_stage(cpu, Stage::Lookup);
         }
-        Some(Delivered { tag: pkt.tag, cpu, verdict, out })
+        Some(Delivered { tag: pkt.tag, cpu, verdict, out, snat })
     }
 }
 

@@ -26,15 +26,15 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use racetrack_engine::nat::dnat::{Dnat, Endpoint, Selector};
-use racetrack_engine::sim::{
-    Cx, Delivered, NatId, NatRules, Packet, RunStats, Sim, SimConfig, StageTimes, Steering, Verdict, Workload,
-};
-use racetrack_engine::stats::CpuCounters;
+use racetrack_engine::sim::{Cx, Delivered, NatId, NatRules, Packet, RunStats, Sim, Verdict, Workload};
 use racetrack_engine::{Conntrack, KernelProfile, Nanos, TcpFlags, Tuple, Update};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::clients::ClientStats;
+pub use crate::node::{Node, Stages, SteeringKind};
 use crate::params::Validate;
+use crate::report::counters;
 
 /// Which resolver library the pods use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,54 +59,6 @@ pub enum NameKind {
     /// An external name with fewer dots than `ndots`: every search domain
     /// answers NXDOMAIN before the name itself is tried.
     External,
-}
-
-/// The node: CPUs, how packets are spread over them, how long the stack takes.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Node {
-    /// CPUs handling packets.
-    pub cpus: usize,
-    /// `sender`, `flow-hash`, `random`, or `spread` (see `split`).
-    pub steering: SteeringKind,
-    /// With `spread`: probability that the second packet of a burst lands on another CPU.
-    pub split: f64,
-    /// Stage durations of the conntrack path.
-    pub stages: Stages,
-}
-
-/// Steering policy names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SteeringKind {
-    /// The sending thread's CPU.
-    Sender,
-    /// RSS/RPS hash of the tuple.
-    FlowHash,
-    /// Uniformly random.
-    Random,
-    /// Bursts split across CPUs with probability `split`.
-    Spread,
-}
-
-/// Stage durations, human-readable.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stages {
-    /// Receive path up to the conntrack lookup.
-    #[serde(with = "humantime_serde")]
-    pub lookup: Duration,
-    /// Lookup to DNAT.
-    #[serde(with = "humantime_serde")]
-    pub dnat: Duration,
-    /// DNAT to SNAT.
-    #[serde(with = "humantime_serde")]
-    pub snat: Duration,
-    /// SNAT to confirm.
-    #[serde(with = "humantime_serde")]
-    pub confirm: Duration,
-    /// Relative jitter of each stage, 0 to 1.
-    pub jitter: f64,
 }
 
 /// The DNS service.
@@ -207,18 +159,7 @@ impl Default for DnsScenario {
         Self {
             scenario: "dns".into(),
             seed: 1,
-            node: Node {
-                cpus: 2,
-                steering: SteeringKind::Spread,
-                split: 0.1,
-                stages: Stages {
-                    lookup: Duration::from_micros(1),
-                    dnat: Duration::from_micros(1),
-                    snat: Duration::from_micros(2),
-                    confirm: Duration::from_micros(1),
-                    jitter: 0.5,
-                },
-            },
+            node: Node::new(2, SteeringKind::Spread),
             service: Service { endpoints: 1, selector: SelectorKind::Iptables, latency: Duration::from_micros(500) },
             clients: Clients {
                 pods: 20,
@@ -247,15 +188,7 @@ impl Validate for DnsScenario {
         if self.scenario != "dns" {
             return bad("scenario", "must be \"dns\" in a DNS scenario file");
         }
-        if self.node.cpus == 0 || self.node.cpus > 4096 {
-            return bad("node.cpus", "must be 1 to 4096");
-        }
-        if !(0.0..=1.0).contains(&self.node.split) {
-            return bad("node.split", "must be between 0 and 1");
-        }
-        if !(0.0..=1.0).contains(&self.node.stages.jitter) {
-            return bad("node.stages.jitter", "must be between 0 and 1");
-        }
+        self.node.validate()?;
         if self.service.endpoints == 0 || self.service.endpoints > 1000 {
             return bad("service.endpoints", "must be 1 to 1000");
         }
@@ -287,27 +220,6 @@ impl Validate for DnsScenario {
     }
 }
 
-/// What the clients saw.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct ClientStats {
-    /// Lookups started.
-    pub requests: u64,
-    /// Lookups answered.
-    pub ok: u64,
-    /// Lookups that failed (every attempt timed out).
-    pub failed: u64,
-    /// Lookups that needed at least one retry.
-    pub retried: u64,
-    /// Median latency (ms).
-    pub p50_ms: f64,
-    /// 99th percentile latency (ms).
-    pub p99_ms: f64,
-    /// Worst latency (ms).
-    pub max_ms: f64,
-    /// Lookups by the time they spent waiting for timeouts: `"5s"`, `"10s"`, …
-    pub retry_classes: BTreeMap<String, u64>,
-}
-
 /// The result of one DNS run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DnsReport {
@@ -327,10 +239,6 @@ pub struct DnsReport {
     pub conntrack_entries_created: u64,
     /// Simulator totals.
     pub sim: RunStats,
-}
-
-fn counters(c: &CpuCounters) -> BTreeMap<&'static str, u64> {
-    c.iter().collect()
 }
 
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -353,25 +261,7 @@ fn endpoint_ip(i: u32) -> Ipv4Addr {
 pub fn run(s: &DnsScenario, profile: KernelProfile) -> DnsReport {
     let kernel = profile.name.clone();
     let table = Conntrack::new(profile, s.node.cpus, s.seed ^ 0x5eed);
-    let st = &s.node.stages;
-    let cfg = SimConfig {
-        cpus: s.node.cpus,
-        stages: StageTimes {
-            lookup: st.lookup.as_nanos() as Nanos,
-            dnat: st.dnat.as_nanos() as Nanos,
-            snat: st.snat.as_nanos() as Nanos,
-            confirm: st.confirm.as_nanos() as Nanos,
-            jitter: st.jitter,
-        },
-        steering: match s.node.steering {
-            SteeringKind::Sender => Steering::Sender,
-            SteeringKind::FlowHash => Steering::FlowHash,
-            SteeringKind::Random => Steering::Random,
-            SteeringKind::Spread => Steering::Spread { split: s.node.split },
-        },
-        seed: s.seed,
-        ..SimConfig::default()
-    };
+    let cfg = s.node.sim_config(s.seed);
     let mut sim = Sim::new(&table, cfg);
     let endpoints: Vec<Endpoint> =
         (0..s.service.endpoints).map(|i| Endpoint { addr: endpoint_ip(i).into(), port: 53, weight: 1 }).collect();
@@ -702,35 +592,9 @@ impl DnsWorkload<'_> {
     }
 
     fn summary(&self) -> ClientStats {
-        let mut lat = self.latencies.clone();
-        lat.sort_unstable();
-        let pct = |p: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let i = ((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
-            lat[i] as f64 / 1e6
-        };
         let interval = self.interval();
-        ClientStats {
-            requests: self.lookups.len() as u64,
-            ok: self.latencies.len() as u64,
-            failed: self.failed,
-            retried: self.retried,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-            max_ms: lat.last().map_or(0.0, |&l| l as f64 / 1e6),
-            retry_classes: self.classes.iter().map(|(k, v)| (format_secs(u64::from(*k) * interval), *v)).collect(),
-        }
-    }
-}
-
-fn format_secs(ns: Nanos) -> String {
-    let s = ns as f64 / 1e9;
-    if s.fract() == 0.0 {
-        format!("{s:.0}s")
-    } else {
-        format!("{s}s")
+        let classes = self.classes.iter().map(|(k, v)| (u64::from(*k) * interval, *v));
+        ClientStats::summarize(self.lookups.len() as u64, self.latencies.clone(), self.failed, self.retried, classes)
     }
 }
 

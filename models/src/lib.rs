@@ -2,6 +2,14 @@
 //! built on the engine. Nothing here parses arguments or prints.
 
 pub mod baseline;
+pub mod clients;
 pub mod dns;
+pub mod listener;
+pub mod node;
 pub mod params;
+pub mod report;
 pub mod scenario;
+pub mod snat;
+pub mod syn_backlog;
+pub mod tcp;
+pub mod tw_recycle;

@@ -4,13 +4,23 @@ use racetrack_engine::KernelProfile;
 use serde::Serialize;
 
 use crate::dns::{self, DnsReport, DnsScenario};
+use crate::listener::ListenerReport;
 use crate::params::{self, ParamError};
+use crate::snat::{self, SnatReport, SnatScenario};
+use crate::syn_backlog::{self, SynBacklogScenario};
+use crate::tw_recycle::{self, TwRecycleScenario};
 
 /// A scenario ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Scenario {
     /// Pods resolving names through a DNATed DNS service.
     Dns(DnsScenario),
+    /// New TCP connections through MASQUERADE: source-port collisions.
+    Snat(SnatScenario),
+    /// Hosts behind one NAT connecting to a server with `tcp_tw_recycle`.
+    TwRecycle(TwRecycleScenario),
+    /// Bursts of connections against a listener's SYN and accept queues.
+    SynBacklog(SynBacklogScenario),
 }
 
 /// A built-in scenario: name and one line on what it shows.
@@ -22,10 +32,24 @@ pub struct Builtin {
 }
 
 /// The built-in scenarios.
-pub const BUILTINS: &[Builtin] = &[Builtin {
-    name: "dns",
-    about: "pods resolve names through a ClusterIP DNS service: the conntrack DNAT insert race and 5 s lookups",
-}];
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "dns",
+        about: "pods resolve names through a ClusterIP DNS service: the conntrack DNAT insert race and 5 s lookups",
+    },
+    Builtin {
+        name: "snat",
+        about: "connections through NodePort/MASQUERADE: SNAT source-port collisions, insert_failed, 1 s connects",
+    },
+    Builtin {
+        name: "tw-recycle",
+        about: "hosts behind one NAT connect to a server with tcp_tw_recycle: SYNs rejected by PAWS",
+    },
+    Builtin {
+        name: "syn-backlog",
+        about: "bursts of connections against tcp_max_syn_backlog and somaxconn: SYNs dropped by the listener",
+    },
+];
 
 /// The result of running a scenario.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -33,6 +57,34 @@ pub const BUILTINS: &[Builtin] = &[Builtin {
 pub enum Report {
     /// From [`Scenario::Dns`].
     Dns(DnsReport),
+    /// From [`Scenario::Snat`].
+    Snat(SnatReport),
+    /// From [`Scenario::TwRecycle`] and [`Scenario::SynBacklog`].
+    Listener(ListenerReport),
+}
+
+/// Apply `$body` to the scenario inside any variant.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Scenario::Dns($s) => $body,
+            Scenario::Snat($s) => $body,
+            Scenario::TwRecycle($s) => $body,
+            Scenario::SynBacklog($s) => $body,
+        }
+    };
+}
+
+/// Same, rebuilding the same variant from the result.
+macro_rules! each_map {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Scenario::Dns($s) => $body.map(Scenario::Dns),
+            Scenario::Snat($s) => $body.map(Scenario::Snat),
+            Scenario::TwRecycle($s) => $body.map(Scenario::TwRecycle),
+            Scenario::SynBacklog($s) => $body.map(Scenario::SynBacklog),
+        }
+    };
 }
 
 impl Scenario {
@@ -40,70 +92,83 @@ impl Scenario {
     pub fn builtin(name: &str) -> Option<Scenario> {
         match name {
             "dns" => Some(Scenario::Dns(DnsScenario::default())),
+            "snat" => Some(Scenario::Snat(SnatScenario::default())),
+            "tw-recycle" => Some(Scenario::TwRecycle(TwRecycleScenario::default())),
+            "syn-backlog" => Some(Scenario::SynBacklog(SynBacklogScenario::default())),
             _ => None,
         }
     }
 
     /// Load a scenario file; its `scenario` key says which kind it is.
     pub fn from_toml(text: &str, source: &str) -> Result<Scenario, ParamError> {
-        let kind = toml::from_str::<toml::Table>(text)
-            .ok()
-            .and_then(|t| t.get("scenario").and_then(|v| v.as_str()).map(str::to_string));
+        let table = toml::from_str::<toml::Table>(text);
+        let kind = table.as_ref().ok().and_then(|t| t.get("scenario").and_then(|v| v.as_str()).map(str::to_string));
         match kind.as_deref() {
-            Some("dns") => params::from_toml::<DnsScenario>(text, source).map(Scenario::Dns),
-            Some(other) => Err(ParamError {
+            Some(name) => match Scenario::builtin(name) {
+                Some(s) => each_map!(s, _s => params::from_toml(text, source)),
+                None => Err(ParamError {
+                    source: source.into(),
+                    line: params::line_of_key(text, "scenario"),
+                    key: Some("scenario".into()),
+                    message: format!("unknown scenario `{name}` (known: {})", names().join(", ")),
+                }),
+            },
+            // Not TOML: let the parser say where.
+            None if table.is_err() => params::from_toml::<DnsScenario>(text, source).map(Scenario::Dns),
+            None => Err(ParamError {
                 source: source.into(),
-                line: params::line_of_key(text, "scenario"),
+                line: None,
                 key: Some("scenario".into()),
-                message: format!("unknown scenario `{other}` (known: {})", names().join(", ")),
+                message: format!("missing: say which scenario this is (one of: {})", names().join(", ")),
             }),
-            None => {
-                // Not TOML, or no `scenario` key: let the parser say which.
-                match toml::from_str::<toml::Table>(text) {
-                    Err(_) => params::from_toml::<DnsScenario>(text, source).map(Scenario::Dns),
-                    Ok(_) => Err(ParamError {
-                        source: source.into(),
-                        line: None,
-                        key: Some("scenario".into()),
-                        message: format!("missing: say which scenario this is (one of: {})", names().join(", ")),
-                    }),
-                }
-            }
         }
     }
 
     /// The scenario as TOML (what `scenarios --show` prints).
     pub fn to_toml(&self) -> String {
-        match self {
-            Scenario::Dns(s) => params::to_toml(s),
-        }
+        each!(self, s => params::to_toml(s))
     }
 
     /// Apply `--set KEY=VALUE` overrides.
     pub fn with_sets(&self, sets: &[String]) -> Result<Scenario, ParamError> {
-        match self {
-            Scenario::Dns(s) => params::apply_sets(s, sets).map(Scenario::Dns),
-        }
+        each_map!(self, s => params::apply_sets(s, sets))
     }
 
     /// Its name.
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::Dns(_) => "dns",
+            Scenario::Snat(_) => "snat",
+            Scenario::TwRecycle(_) => "tw-recycle",
+            Scenario::SynBacklog(_) => "syn-backlog",
+        }
+    }
+
+    /// The kernel preset `run` uses when none is given: 4.19, or for
+    /// `tw-recycle` 4.9, the newest preset that still has `tcp_tw_recycle`.
+    pub fn default_kernel(&self) -> &'static str {
+        match self {
+            Scenario::TwRecycle(_) => "4.9",
+            _ => "4.19",
         }
     }
 
     /// The seed.
     pub fn seed(&self) -> u64 {
-        match self {
-            Scenario::Dns(s) => s.seed,
-        }
+        each!(self, s => s.seed)
     }
 
     /// Replace the seed.
     pub fn set_seed(&mut self, seed: u64) {
+        each!(self, s => s.seed = seed)
+    }
+
+    /// Check that the scenario can run on `profile` (a knob the kernel does
+    /// not have, say); `Err((key, why))`.
+    pub fn check(&self, profile: &KernelProfile) -> Result<(), (String, String)> {
         match self {
-            Scenario::Dns(s) => s.seed = seed,
+            Scenario::TwRecycle(s) => s.check(profile),
+            _ => Ok(()),
         }
     }
 
@@ -111,6 +176,9 @@ impl Scenario {
     pub fn run(&self, profile: KernelProfile) -> Report {
         match self {
             Scenario::Dns(s) => Report::Dns(dns::run(s, profile)),
+            Scenario::Snat(s) => Report::Snat(snat::run(s, profile)),
+            Scenario::TwRecycle(s) => Report::Listener(tw_recycle::run(s, profile)),
+            Scenario::SynBacklog(s) => Report::Listener(syn_backlog::run(s, profile)),
         }
     }
 }
@@ -138,6 +206,9 @@ mod tests {
         let e = Scenario::from_toml("seed = 1\n", "f.toml").unwrap_err();
         assert_eq!(e.key.as_deref(), Some("scenario"));
         let e = Scenario::from_toml("scenario = \"dnss\"\n", "f.toml").unwrap_err();
-        assert_eq!(e.to_string(), "f.toml:1: key `scenario`: unknown scenario `dnss` (known: dns)");
+        assert_eq!(
+            e.to_string(),
+            "f.toml:1: key `scenario`: unknown scenario `dnss` (known: dns, snat, tw-recycle, syn-backlog)"
+        );
     }
 }

@@ -19,7 +19,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         None => demo::run(&mut out),
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
         Some(Command::Run { scenario, kernel, sets, seed, format }) => {
-            run::run(&mut out, &scenario, &kernel, &sets, seed, format)
+            run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Stress {

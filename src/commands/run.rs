@@ -5,8 +5,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use racetrack_engine::KernelProfile;
+use racetrack_models::clients::ClientStats;
 use racetrack_models::dns::DnsReport;
+use racetrack_models::listener::ListenerReport;
+use racetrack_models::report::Prediction;
 use racetrack_models::scenario::{names, Report, Scenario};
+use racetrack_models::snat::SnatReport;
+use racetrack_models::tcp::TcpStats;
 
 use crate::cli::Format;
 use crate::error::CliError;
@@ -32,21 +37,24 @@ pub fn load_scenario(spec: &str) -> Result<Scenario, CliError> {
 pub fn run<W: Write>(
     out: &mut W,
     scenario: &str,
-    kernel: &str,
+    kernel: Option<&str>,
     sets: &[String],
     seed: Option<u64>,
     format: Option<Format>,
 ) -> Result<ExitCode, CliError> {
-    let profile = KernelProfile::resolve(kernel)?;
     let mut s = load_scenario(scenario)?.with_sets(sets).map_err(|e| CliError::Input(e.to_string()))?;
+    let profile = KernelProfile::resolve(kernel.unwrap_or(s.default_kernel()))?;
     if let Some(seed) = seed {
         s.set_seed(seed);
     }
+    s.check(&profile).map_err(|(key, why)| CliError::Input(format!("{scenario}: key `{key}`: {why}")))?;
     let report = s.run(profile);
     match format.unwrap_or_else(default_format) {
         Format::Json => json_line(out, "summary", &report)?,
         Format::Table => match &report {
             Report::Dns(r) => write_dns(out, r)?,
+            Report::Snat(r) => write_snat(out, r)?,
+            Report::Listener(r) => write_listener(out, r)?,
         },
     }
     Ok(ExitCode::SUCCESS)
@@ -62,12 +70,47 @@ pub fn default_format() -> Format {
 }
 
 fn write_dns<W: Write>(out: &mut W, r: &DnsReport) -> std::io::Result<()> {
-    let c = &r.clients;
-    let share = |n: u64| if c.requests == 0 { 0.0 } else { 100.0 * n as f64 / c.requests as f64 };
     writeln!(out, "scenario {}   kernel {}   seed {}", r.scenario, r.kernel, r.seed)?;
+    write_clients(out, "lookups", &r.clients)?;
+    write_counters(out, &r.conntrack)
+}
+
+fn write_snat<W: Write>(out: &mut W, r: &SnatReport) -> std::io::Result<()> {
+    writeln!(out, "scenario {}   kernel {}   seed {}", r.scenario, r.kernel, r.seed)?;
+    write_clients(out, "connections", &r.clients)?;
+    write_counters(out, &r.conntrack)?;
+    let s = &r.snat;
     writeln!(
         out,
-        "lookups  {}: ok {}, failed {}, retried {} ({:.2}%)",
+        "snat     {} allocations, {} kept the client port, {} exhausted; probes max {}; ports in use max {} of {}",
+        s.stats.allocations, s.stats.kept_original, s.stats.exhausted, s.stats.probes_max, s.ports_in_use_max, s.range
+    )?;
+    write_tcp(out, &r.tcp)?;
+    write_analytic(out, &r.analytic)
+}
+
+fn write_listener<W: Write>(out: &mut W, r: &ListenerReport) -> std::io::Result<()> {
+    writeln!(out, "scenario {}   kernel {}   seed {}", r.scenario, r.kernel, r.seed)?;
+    write_clients(out, "connections", &r.clients)?;
+    write_counters(out, &r.conntrack)?;
+    write_tcp(out, &r.tcp)?;
+    if r.hosts.len() <= 16 {
+        for (i, h) in r.hosts.iter().enumerate() {
+            writeln!(
+                out,
+                "host {i:<3} {} connections, first SYN dropped {}, retried {}, failed {}",
+                h.connections, h.first_syn_dropped, h.retried, h.failed
+            )?;
+        }
+    }
+    write_analytic(out, &r.analytic)
+}
+
+fn write_clients<W: Write>(out: &mut W, what: &str, c: &ClientStats) -> std::io::Result<()> {
+    let share = |n: u64| if c.requests == 0 { 0.0 } else { 100.0 * n as f64 / c.requests as f64 };
+    writeln!(
+        out,
+        "{what:<8} {}: ok {}, failed {}, retried {} ({:.2}%)",
         c.requests,
         c.ok,
         c.failed,
@@ -79,7 +122,28 @@ fn write_dns<W: Write>(out: &mut W, r: &DnsReport) -> std::io::Result<()> {
         let classes: Vec<String> = c.retry_classes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         writeln!(out, "delayed  {}", classes.join("   "))?;
     }
-    let counters: Vec<String> = r.conntrack.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    writeln!(out, "conntrack  {}", counters.join(" "))?;
+    Ok(())
+}
+
+fn write_counters<W: Write>(out: &mut W, c: &std::collections::BTreeMap<&str, u64>) -> std::io::Result<()> {
+    let counters: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(out, "conntrack  {}", counters.join(" "))
+}
+
+fn write_tcp<W: Write>(out: &mut W, t: &TcpStats) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "tcp      syn_dropped_paws={} syn_dropped_backlog={} listen_overflows={} syncookies_sent={} syn_retransmits={}",
+        t.syn_dropped_paws, t.syn_dropped_backlog, t.listen_overflows, t.syncookies_sent, t.syn_retransmits
+    )
+}
+
+fn write_analytic<W: Write>(out: &mut W, preds: &[Prediction]) -> std::io::Result<()> {
+    writeln!(out, "\nanalytic (closed form beside the simulation)")?;
+    for p in preds {
+        let sim = p.simulated.map_or("-".to_string(), |v| format!("{v:.4}"));
+        writeln!(out, "  {:<48} predicted {:<12.4} simulated {sim}", p.name, p.predicted)?;
+        writeln!(out, "  {:<48} {}", "", p.formula)?;
+    }
     Ok(())
 }

@@ -198,7 +198,7 @@ impl Snat {
                 let offset = |rng: &mut R| match start {
                     // Read without a lock: two CPUs can read the same value.
                     PortOffset::Rover => rover.load(Ordering::Relaxed),
-                    PortOffset::SecureHash => secure_port(orig, secret),
+                    PortOffset::SecureHash => secure_port(addr, reply, secret),
                     PortOffset::Random => rng.random(),
                 };
                 let (off, port, exhausted) = match nat.search {
@@ -305,10 +305,11 @@ impl Snat {
     }
 }
 
-/// `secure_port`: a keyed hash of the addresses and the destination port.
-fn secure_port(orig: &Tuple, secret: u64) -> u32 {
-    ahash::RandomState::with_seeds(secret, secret ^ 0x5bd1_e995, 7, 11).hash_one((orig.src, orig.dst, orig.dport))
-        as u32
+/// `secure_port`: a keyed hash of the tuple being built — the chosen source
+/// address, the destination address and port (DNAT applied) — so every flow
+/// from one NAT address to one destination starts its search at the same port.
+fn secure_port(addr: IpAddr, reply: &Tuple, secret: u64) -> u32 {
+    ahash::RandomState::with_seeds(secret, secret ^ 0x5bd1_e995, 7, 11).hash_one((addr, reply.src, reply.sport)) as u32
 }
 
 #[cfg(all(test, not(loom)))]

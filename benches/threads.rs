@@ -1,0 +1,57 @@
+//! Real threads on one table: group `threads`, with the baselines in the
+//! same group (`racetrack stress --baselines` measures the same from the CLI).
+//! Each iteration is one operation; with two threads, both run `iters`.
+//! Run with `cargo bench --bench threads`; figures are in `docs/performance.md`.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use racetrack_engine::profile::preset;
+use racetrack_engine::threads::{run, StressConfig, Workload};
+use racetrack_engine::Conntrack;
+use racetrack_models::baseline::{self, Dash, MutexMap};
+
+const FLOWS: u32 = 10_000;
+
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("threads");
+    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    for (name, workload, bw) in [
+        ("lookup", Workload::Lookup, baseline::Workload::Lookup),
+        ("mixed", Workload::Mixed, baseline::Workload::Mixed),
+    ] {
+        for n in [1usize, 2] {
+            g.throughput(Throughput::Elements(n as u64));
+            let cfg = StressConfig { threads: n, workload, flows: FLOWS, batch: 1 << 14, ..StressConfig::default() };
+            g.bench_function(BenchmarkId::new(format!("{name}/racetrack"), format!("{n}t")), |b| {
+                b.iter_custom(|iters| {
+                    let t = Conntrack::new(preset("6.1").unwrap(), n, 1);
+                    let start = Instant::now();
+                    run(&t, &cfg, |done| done < iters * n as u64);
+                    start.elapsed()
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("{name}/dashmap"), format!("{n}t")), |b| {
+                b.iter_custom(|iters| {
+                    let m = Dash::new(FLOWS as usize);
+                    let start = Instant::now();
+                    baseline::run(&m, bw, n, FLOWS, 0, 1, |done| done < iters * n as u64);
+                    start.elapsed()
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("{name}/mutex_hashmap"), format!("{n}t")), |b| {
+                b.iter_custom(|iters| {
+                    let m = MutexMap::new(FLOWS as usize);
+                    let start = Instant::now();
+                    baseline::run(&m, bw, n, FLOWS, 0, 1, |done| done < iters * n as u64);
+                    start.elapsed()
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, threads);
+criterion_main!(benches);
