@@ -1,0 +1,211 @@
+//! Every command shown in README.md and docs/ runs, and where a page shows
+//! what a command prints, the command prints exactly that.
+//!
+//! What counts as a command, in a fenced code block:
+//! - ` ```console `: lines starting with `$ ` are commands; the lines after
+//!   one, up to the next `$ ` or the end of the block, are its output. A line
+//!   `...` stands for any number of lines. ` ```console ignore-output ` runs
+//!   the commands without comparing (for output that depends on the machine,
+//!   such as `stress` rates). An output that starts with `racetrack: ` is an
+//!   error the page shows on purpose: the command must exit 2.
+//! - ` ```sh `, ` ```bash ` and untitled blocks: every line that is not blank
+//!   or a comment is a command, run for its exit status.
+//! - ` ```text ` (and any other language) blocks are never run: synopses,
+//!   file excerpts, sample output.
+//!
+//! `cargo run --release --` and `cargo run --release` stand for `racetrack`.
+//! Lines that run cargo itself (`cargo bench`, `cargo test`) and the test
+//! script are what CI runs around this test, so they are not run here.
+//!
+//! Commands run with bash in a scratch directory (so `> mine.toml` lands
+//! there), with `racetrack` on `PATH` and the repository's `tests/` and
+//! `docs/` linked into it, so fixtures are found by the paths the pages use.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug)]
+struct Cmd {
+    file: String,
+    line: usize,
+    text: String,
+    /// Shown output, when the page shows it and asks for it to be compared.
+    expect: Option<Vec<String>>,
+}
+
+fn markdown_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.join("README.md")];
+    let mut dirs = vec![root.join("docs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The command a documented line stands for, or `None` if it is not run here.
+fn normalise(line: &str) -> Option<String> {
+    let l = line.trim();
+    let l = if let Some(rest) = l.strip_prefix("cargo run --release --") {
+        format!("racetrack{rest}")
+    } else if let Some(rest) = l.strip_prefix("cargo run --release") {
+        format!("racetrack{rest}")
+    } else {
+        l.to_string()
+    };
+    if l.is_empty() || l.starts_with('#') || l.starts_with("cargo ") || l.starts_with("./scripts/") {
+        return None;
+    }
+    Some(l)
+}
+
+fn commands(root: &Path, path: &Path) -> Vec<Cmd> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let file = path.strip_prefix(root).unwrap().display().to_string();
+    let mut cmds: Vec<Cmd> = Vec::new();
+    let mut fence: Option<(bool, bool, bool)> = None; // (runs, console, compare)
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if let Some(info) = trimmed.strip_prefix("```") {
+            fence = match fence {
+                Some(_) => None,
+                None => {
+                    let mut words = info.split_whitespace();
+                    let lang = words.next().unwrap_or("");
+                    let ignore = words.any(|w| w == "ignore-output");
+                    let console = lang == "console";
+                    let runs = console || matches!(lang, "" | "sh" | "bash" | "shell");
+                    Some((runs, console, console && !ignore))
+                }
+            };
+            continue;
+        }
+        let Some((true, console, compare)) = fence else { continue };
+        if console {
+            if let Some(cmd) = trimmed.strip_prefix("$ ") {
+                if let Some(text) = normalise(cmd) {
+                    cmds.push(Cmd { file: file.clone(), line: i + 1, text, expect: compare.then(Vec::new) });
+                }
+            } else if let Some(last) = cmds.last_mut().filter(|c| c.file == file) {
+                if let Some(e) = last.expect.as_mut() {
+                    e.push(line.trim_end().to_string());
+                }
+            }
+        } else if let Some(text) = normalise(line) {
+            cmds.push(Cmd { file: file.clone(), line: i + 1, text, expect: None });
+        }
+    }
+    // A console command shown without output is run for its status only.
+    for c in &mut cmds {
+        if c.expect.as_ref().is_some_and(|e| e.iter().all(|l| l.is_empty())) {
+            c.expect = None;
+        }
+    }
+    cmds
+}
+
+/// `want` with `...` lines matching any run of lines in `got`.
+fn matches(want: &[String], got: &[&str]) -> bool {
+    match want.split_first() {
+        None => got.is_empty(),
+        Some((w, rest)) if w == "..." => (0..=got.len()).any(|skip| matches(rest, &got[skip..])),
+        Some((w, rest)) => got.first().is_some_and(|g| g == w) && matches(rest, &got[1..]),
+    }
+}
+
+fn scratch(root: &Path) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("racetrack-docs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_racetrack"), dir.join("bin/racetrack")).unwrap();
+        std::os::unix::fs::symlink(root.join("tests"), dir.join("tests")).unwrap();
+        std::os::unix::fs::symlink(root.join("docs"), dir.join("docs")).unwrap();
+    }
+    dir
+}
+
+#[test]
+#[cfg(unix)]
+fn every_documented_command_runs_and_prints_what_the_page_shows() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let all: Vec<Cmd> = markdown_files(root).iter().flat_map(|p| commands(root, p)).collect();
+    assert!(all.len() >= 20, "the docs show few commands; is the parser broken? {all:?}");
+    assert!(all.iter().any(|c| c.expect.is_some()), "no shown output is compared");
+    let dir = scratch(root);
+    let path = format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let mut failures = String::new();
+    for c in &all {
+        let out = Command::new("timeout")
+            .args(["300", "bash", "-c", &format!("{} 2>&1", c.text)])
+            .current_dir(&dir)
+            .env("PATH", &path)
+            .output()
+            .expect("run bash");
+        let got = String::from_utf8_lossy(&out.stdout).into_owned();
+        let got_lines: Vec<&str> = got.lines().map(str::trim_end).collect();
+        let shows_error = c.expect.as_ref().and_then(|e| e.first()).is_some_and(|l| l.starts_with("racetrack: "));
+        let want_code = if shows_error { 2 } else { 0 };
+        let code = out.status.code().unwrap_or(-1);
+        if code != want_code {
+            let _ = writeln!(failures, "{}:{}: `{}` exited {code}, expected {want_code}:\n{got}", c.file, c.line, c.text);
+            continue;
+        }
+        if let Some(want) = &c.expect {
+            let mut want = want.clone();
+            while want.last().is_some_and(|l| l.is_empty()) {
+                want.pop();
+            }
+            if !matches(&want, &got_lines) {
+                let _ = writeln!(
+                    failures,
+                    "{}:{}: `{}` printed:\n{got}\n--- but the page shows:\n{}\n",
+                    c.file,
+                    c.line,
+                    c.text,
+                    want.join("\n")
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "{failures}");
+}
+
+#[test]
+fn the_harness_parses_blocks_as_documented() {
+    let dir = std::env::temp_dir().join(format!("racetrack-docs-parse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("p.md");
+    std::fs::write(
+        &page,
+        "```console\n$ racetrack run dns\nout 1\n...\n$ cargo run --release -- profiles\n```\n\
+         ```text\nracetrack run SCENARIO\n```\n\
+         ```sh\n# a comment\ncargo run --release\ncargo bench\n./scripts/test\n```\n\
+         ```console ignore-output\n$ racetrack stress\nops 1\n```\n",
+    )
+    .unwrap();
+    let cmds = commands(&dir, &page);
+    let texts: Vec<&str> = cmds.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts, ["racetrack run dns", "racetrack profiles", "racetrack", "racetrack stress"]);
+    assert_eq!(cmds[0].expect.as_deref(), Some(&["out 1".to_string(), "...".to_string()][..]));
+    assert_eq!(cmds[1].expect, None, "shown without output");
+    assert_eq!(cmds[3].expect, None, "ignore-output");
+    assert_eq!(cmds[0].line, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert!(matches(&s(&["a", "...", "d"]), &["a", "b", "c", "d"]));
+    assert!(matches(&s(&["a", "..."]), &["a"]));
+    assert!(!matches(&s(&["a", "...", "d"]), &["a", "b", "c"]));
+    assert!(!matches(&s(&["a"]), &["a", "b"]));
+}
