@@ -209,3 +209,35 @@ fn the_harness_parses_blocks_as_documented() {
     assert!(!matches(&s(&["a", "...", "d"]), &["a", "b", "c"]));
     assert!(!matches(&s(&["a"]), &["a", "b"]));
 }
+
+#[test]
+fn every_relative_link_in_the_docs_points_at_a_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut broken = Vec::new();
+    for page in markdown_files(root) {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let mut in_code = false;
+        for (i, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+            }
+            if in_code {
+                continue;
+            }
+            let mut rest = line;
+            while let Some(at) = rest.find("](") {
+                rest = &rest[at + 2..];
+                let Some(end) = rest.find(')') else { break };
+                let target = rest[..end].split('#').next().unwrap_or("");
+                rest = &rest[end..];
+                if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                    continue;
+                }
+                if !page.parent().unwrap().join(target).exists() {
+                    broken.push(format!("{}:{}: {target}", page.strip_prefix(root).unwrap().display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "links to missing files:\n{}", broken.join("\n"));
+}
