@@ -157,7 +157,8 @@ fn every_documented_command_runs_and_prints_what_the_page_shows() {
         let want_code = if shows_error { 2 } else { 0 };
         let code = out.status.code().unwrap_or(-1);
         if code != want_code {
-            let _ = writeln!(failures, "{}:{}: `{}` exited {code}, expected {want_code}:\n{got}", c.file, c.line, c.text);
+            let _ =
+                writeln!(failures, "{}:{}: `{}` exited {code}, expected {want_code}:\n{got}", c.file, c.line, c.text);
             continue;
         }
         if let Some(want) = &c.expect {

@@ -27,6 +27,44 @@ pub fn from_toml<T: DeserializeOwned + Validate>(text: &str, source: &str) -> Re
     Ok(value)
 }
 
+/// Parse a scenario file over `defaults`: a key the file leaves out keeps its
+/// default, so a file need hold only what it changes (`scenario = "dns"` and
+/// `[clients] resolver = "musl"` is a whole file). Unknown keys, wrong types
+/// and impossible values are reported at the file's own line.
+pub fn from_toml_over<T: Serialize + DeserializeOwned + Validate>(
+    defaults: &T,
+    text: &str,
+    source: &str,
+) -> Result<T, ParamError> {
+    let user: toml::Table = toml::from_str(text).map_err(|e| ParamError::from_toml(&e, text, source))?;
+    let mut doc = toml::Value::try_from(defaults).expect("scenarios always serialise");
+    merge(&mut doc, user);
+    let merged = toml::to_string(&doc).expect("a TOML value serialises");
+    // Errors come from the merged text; point them at the user's line.
+    let value: T = toml::from_str(&merged).map_err(|e| {
+        let err = ParamError::from_toml(&e, &merged, source);
+        ParamError { line: err.key.as_deref().and_then(|k| line_of_key(text, k)), ..err }
+    })?;
+    value.validate().map_err(|(key, message)| ParamError::invalid(text, source, &key, message))?;
+    Ok(value)
+}
+
+/// Overlay `from` on `into`, table by table.
+fn merge(into: &mut toml::Value, from: toml::Table) {
+    let Some(table) = into.as_table_mut() else {
+        *into = toml::Value::Table(from);
+        return;
+    };
+    for (k, v) in from {
+        match (table.get_mut(&k), v) {
+            (Some(slot @ toml::Value::Table(_)), toml::Value::Table(t)) => merge(slot, t),
+            (_, v) => {
+                table.insert(k, v);
+            }
+        }
+    }
+}
+
 /// The scenario as TOML, loadable by [`from_toml`].
 pub fn to_toml<T: Serialize>(value: &T) -> String {
     toml::to_string(value).expect("scenarios always serialise")
@@ -135,6 +173,22 @@ mod tests {
         assert_eq!(e.to_string(), "--set: key `inner.ratio`: must be at most 1");
         let e = apply_sets(&s(), &["novalue".into()]).unwrap_err();
         assert!(e.to_string().contains("KEY=VALUE"));
+    }
+
+    #[test]
+    fn files_over_defaults_keep_what_they_leave_out() {
+        let out = from_toml_over(&s(), "[inner]\ncount = 9\n", "f.toml").unwrap();
+        assert_eq!(out, S { inner: Inner { count: 9, ratio: 0.5 }, ..s() });
+        assert_eq!(from_toml_over(&s(), "", "f.toml").unwrap(), s());
+        // Errors keep the user's line, not the merged text's.
+        let e = from_toml_over(&s(), "\n\n[inner]\nratio = 2.0\n", "f.toml").unwrap_err();
+        assert_eq!(e.to_string(), "f.toml:4: key `inner.ratio`: must be at most 1");
+        let e = from_toml_over(&s(), "name = \"a\"\n[inner]\ncuont = 1\n", "f.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("inner.cuont")), "{e}");
+        let e = from_toml_over(&s(), "[inner]\n\ncount = \"x\"\n", "f.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("inner.count")), "{e}");
+        let e = from_toml_over(&s(), "[inner\n", "f.toml").unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl Scenario {
         let kind = table.as_ref().ok().and_then(|t| t.get("scenario").and_then(|v| v.as_str()).map(str::to_string));
         match kind.as_deref() {
             Some(name) => match Scenario::builtin(name) {
-                Some(s) => each_map!(s, _s => params::from_toml(text, source)),
+                Some(s) => each_map!(s, d => params::from_toml_over(&d, text, source)),
                 None => Err(ParamError {
                     source: source.into(),
                     line: params::line_of_key(text, "scenario"),
@@ -199,6 +199,16 @@ mod tests {
             let back = Scenario::from_toml(&s.to_toml(), "shown").unwrap();
             assert_eq!(back, s, "{}", b.name);
         }
+    }
+
+    #[test]
+    fn a_file_holds_only_what_it_changes() {
+        let s = Scenario::from_toml("scenario = \"dns\"\n[clients]\nresolver = \"musl\"\n", "f.toml").unwrap();
+        let want = Scenario::builtin("dns").unwrap().with_sets(&["clients.resolver=musl".into()]).unwrap();
+        assert_eq!(s, want);
+        // Defaults are the scenario's own: snat's node steers by flow hash, dns's spreads.
+        let s = Scenario::from_toml("scenario = \"snat\"\n", "f.toml").unwrap();
+        assert_eq!(s, Scenario::builtin("snat").unwrap());
     }
 
     #[test]
