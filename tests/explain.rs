@@ -393,3 +393,21 @@ fn bad_race_or_kernel_exits_2_with_one_line() {
     assert_eq!(o.status.code(), Some(2));
     assert_eq!(String::from_utf8(o.stderr).unwrap().lines().count(), 1);
 }
+
+#[test]
+fn a_profile_file_with_one_changed_field_changes_the_outcome() {
+    // 4.19 with the 5.6 clash policy: the two-endpoint race no longer drops.
+    let text = racetrack_engine::profile::preset("4.19").unwrap().to_toml();
+    let changed = text.replacen("clash = \"merge-matching\"", "clash = \"merge-or-nat-clash\"", 1);
+    assert_ne!(changed, text, "the preset names its clash policy");
+    let dir = std::env::temp_dir().join(format!("racetrack-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proposed.toml");
+    std::fs::write(&path, changed).unwrap();
+    let p = racetrack_engine::KernelProfile::resolve(path.to_str().unwrap()).unwrap();
+    let e = explain(Race::DnsDnat, &p);
+    assert_eq!(confirms(run(&e, "race, two endpoints"))[1].1, ConfirmResult::NatClash);
+    let o = racetrack(&["explain", "dns-dnat", "--kernel", path.to_str().unwrap(), "--format", "table"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8(o.stdout).unwrap().contains("NAT_CLASH, expires in"));
+}

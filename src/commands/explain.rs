@@ -197,7 +197,9 @@ fn write_entries<W: Write>(out: &mut W, s: &Step) -> std::io::Result<()> {
             writeln!(out, "        => {}", e.reply)?;
         }
         let state = e.tcp_state.map(|t| format!(" {t}")).unwrap_or_default();
-        let line = format!("{}{state}, expires in {}", e.status.join(" "), human(e.expires_in_ns));
+        // A NAT_CLASH entry is linked by its reply tuple alone (5.6+).
+        let only = if e.status.iter().any(|b| b == "NAT_CLASH") { ", found by its reply tuple only" } else { "" };
+        let line = format!("{}{state}, expires in {}{only}", e.status.join(" "), human(e.expires_in_ns));
         paragraph(out, "        ", &line)?;
     }
     if s.table_size > shown {
