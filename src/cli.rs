@@ -80,6 +80,18 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Show a race step by step on two CPUs, then each fix (for teaching).
+    Explain {
+        /// `dns-dnat`, `snat-port`, `tw-recycle` or `syn-backlog`.
+        race: String,
+        /// Kernel preset or profile TOML file (default per race: 4.14 for
+        /// `dns-dnat`, 4.19 `snat-port`, 4.9 `tw-recycle`, 5.10 `syn-backlog`).
+        #[arg(long, value_name = "NAME|FILE")]
+        kernel: Option<String>,
+        /// Output format (default: table on a terminal, json otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// List the built-in scenarios, or print one as TOML.
     Scenarios {
         /// Print this scenario as TOML: every parameter `--set` accepts.

@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod clients;
 pub mod dns;
+pub mod explain;
 pub mod listener;
 pub mod node;
 pub mod params;

@@ -122,22 +122,53 @@ impl Validate for SynBacklogScenario {
     }
 }
 
-struct Side<'s> {
-    s: &'s SynBacklogScenario,
+/// A listening socket's two queues, under the rules of `tcp_conn_request`.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    listener: Listener,
     limit: usize,
-    /// Connections holding a request in the SYN queue.
-    requests: Vec<bool>,
     syn_queue: usize,
     /// Arrival times of connections waiting for accept().
     accept_queue: VecDeque<Nanos>,
     app_free: Nanos,
     accept_every: Nanos,
-    first_dropped: Vec<bool>,
 }
 
-impl Side<'_> {
+impl Queues {
+    /// Empty queues of `listener`.
+    pub fn new(listener: &Listener) -> Self {
+        Self {
+            limit: listener.backlog.min(listener.somaxconn) as usize,
+            listener: listener.clone(),
+            syn_queue: 0,
+            accept_queue: VecDeque::new(),
+            app_free: 0,
+            accept_every: (1e9 / listener.accept_rate) as Nanos,
+        }
+    }
+
+    /// The socket's queue limit: `min(listen backlog, somaxconn)`.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// `net.ipv4.tcp_max_syn_backlog`.
+    pub fn max_syn_backlog(&self) -> u32 {
+        self.listener.tcp_max_syn_backlog
+    }
+
+    /// Requests in the SYN queue.
+    pub fn syn_queue(&self) -> usize {
+        self.syn_queue
+    }
+
+    /// Connections waiting for `accept()`.
+    pub fn accept_queue(&self) -> usize {
+        self.accept_queue.len()
+    }
+
     /// The application takes connections off the accept queue, one every `accept_every`.
-    fn drain(&mut self, now: Nanos) {
+    pub fn drain(&mut self, now: Nanos) {
         while let Some(&t) = self.accept_queue.front() {
             let start = t.max(self.app_free);
             if start > now {
@@ -147,6 +178,45 @@ impl Side<'_> {
             self.app_free = start + self.accept_every;
         }
     }
+
+    /// A SYN for which no request is queued yet. A [`SynAnswer::SynAck`]
+    /// queues a request (complete it with [`Queues::established`]).
+    pub fn syn(&mut self, now: Nanos) -> SynAnswer {
+        self.drain(now);
+        let l = &self.listener;
+        if l.tcp_syncookies == 2 || (self.syn_queue >= self.limit && l.tcp_syncookies == 1) {
+            SynAnswer::Cookie
+        } else if self.syn_queue >= self.limit {
+            SynAnswer::Drop(Refusal::SynQueue)
+        } else if self.accept_queue.len() > self.limit {
+            SynAnswer::Drop(Refusal::AcceptQueue)
+        } else if l.tcp_syncookies == 0
+            && (l.tcp_max_syn_backlog as usize).saturating_sub(self.syn_queue) < (l.tcp_max_syn_backlog >> 2) as usize
+        {
+            SynAnswer::Drop(Refusal::SynQueue)
+        } else {
+            self.syn_queue += 1;
+            SynAnswer::SynAck
+        }
+    }
+
+    /// The client's ACK completed the handshake; `queued`: it had a request
+    /// in the SYN queue (not a syncookie).
+    pub fn established(&mut self, now: Nanos, queued: bool) {
+        self.drain(now);
+        if queued {
+            self.syn_queue -= 1;
+        }
+        self.accept_queue.push_back(now);
+    }
+}
+
+struct Side<'s> {
+    s: &'s SynBacklogScenario,
+    /// Connections holding a request in the SYN queue.
+    requests: Vec<bool>,
+    queues: Queues,
+    first_dropped: Vec<bool>,
 }
 
 impl Tcp for Side<'_> {
@@ -160,24 +230,13 @@ impl Tcp for Side<'_> {
     }
 
     fn syn(&mut self, now: Nanos, id: u32, c: &Conn) -> SynAnswer {
-        self.drain(now);
-        let l = &self.s.listener;
         let answer = if self.requests[id as usize] {
+            self.queues.drain(now);
             SynAnswer::SynAck // a retransmitted SYN for a queued request
-        } else if l.tcp_syncookies == 2 || (self.syn_queue >= self.limit && l.tcp_syncookies == 1) {
-            SynAnswer::Cookie
-        } else if self.syn_queue >= self.limit {
-            SynAnswer::Drop(Refusal::SynQueue)
-        } else if self.accept_queue.len() > self.limit {
-            SynAnswer::Drop(Refusal::AcceptQueue)
-        } else if l.tcp_syncookies == 0
-            && (l.tcp_max_syn_backlog as usize).saturating_sub(self.syn_queue) < (l.tcp_max_syn_backlog >> 2) as usize
-        {
-            SynAnswer::Drop(Refusal::SynQueue)
         } else {
-            self.requests[id as usize] = true;
-            self.syn_queue += 1;
-            SynAnswer::SynAck
+            let a = self.queues.syn(now);
+            self.requests[id as usize] = a == SynAnswer::SynAck;
+            a
         };
         if matches!(answer, SynAnswer::Drop(_)) && c.attempt == 0 {
             self.first_dropped[id as usize] = true;
@@ -186,26 +245,19 @@ impl Tcp for Side<'_> {
     }
 
     fn established(&mut self, now: Nanos, id: u32, _c: &Conn) {
-        self.drain(now);
-        if std::mem::take(&mut self.requests[id as usize]) {
-            self.syn_queue -= 1;
-        }
-        self.accept_queue.push_back(now);
+        let queued = std::mem::take(&mut self.requests[id as usize]);
+        self.queues.established(now, queued);
     }
 }
 
 /// Run the scenario on the server's kernel profile.
 pub fn run(s: &SynBacklogScenario, profile: KernelProfile) -> ListenerReport {
-    let l = &s.listener;
-    let limit = l.backlog.min(l.somaxconn) as usize;
+    let queues = Queues::new(&s.listener);
+    let limit = queues.limit();
     let side = Side {
         s,
-        limit,
         requests: Vec::with_capacity(s.load.connections as usize),
-        syn_queue: 0,
-        accept_queue: VecDeque::new(),
-        app_free: 0,
-        accept_every: (1e9 / l.accept_rate) as Nanos,
+        queues,
         first_dropped: Vec::with_capacity(s.load.connections as usize),
     };
     run_listener(

@@ -164,28 +164,99 @@ impl TwRecycleScenario {
 const NAT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 
-struct Side<'s> {
-    s: &'s TwRecycleScenario,
+/// The timestamp a clock started at `offset` ticks and running at `hz` shows at `now`.
+pub fn tsval(offset: u32, hz: u32, now: Nanos) -> u32 {
+    let ticks = (u128::from(now) * u128::from(hz) / 1_000_000_000) as u32;
+    offset.wrapping_add(ticks)
+}
+
+/// What the server's per-peer cache says about a SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PawsCheck {
+    /// Nothing cached for the peer: accepted.
+    NotCached,
+    /// The cached timestamp is older than `TCP_PAWS_MSL`: accepted.
+    Stale,
+    /// The SYN's timestamp is not behind the cached one: accepted.
+    NotBehind,
+    /// Behind the cached timestamp (or without one, on kernels that reject
+    /// that) within `TCP_PAWS_MSL`: dropped (`PAWSPassive`).
+    Rejected,
+}
+
+/// A `tcp_tw_recycle` server's per-peer timestamp cache (`tcpm_ts`,
+/// `tcpm_ts_stamp`): one entry per peer address, moved only forward.
+#[derive(Clone, Debug)]
+pub struct PeerCache {
     paws_msl: Nanos,
     rejects_without_ts: bool,
+    /// Per peer address: (timestamp, when cached).
+    cache: HashMap<IpAddr, (u32, Nanos)>,
+}
+
+impl PeerCache {
+    /// An empty cache with the server kernel's rules.
+    pub fn new(profile: &KernelProfile) -> Self {
+        Self {
+            paws_msl: profile.tcp.paws_msl.as_nanos() as Nanos,
+            rejects_without_ts: profile.tcp.paws_rejects_syn_without_timestamp,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Check a SYN from `peer` carrying timestamp `ts` (`None`: no timestamp option) at `now`.
+    pub fn check(&self, peer: IpAddr, ts: Option<u32>, now: Nanos) -> PawsCheck {
+        let Some(&(cached, stamp)) = self.cache.get(&peer) else { return PawsCheck::NotCached };
+        if now.saturating_sub(stamp) >= self.paws_msl {
+            return PawsCheck::Stale;
+        }
+        let reject = match ts {
+            // More than one tick behind.
+            Some(ts) => cached.wrapping_sub(ts) as i32 > 1,
+            None => self.rejects_without_ts,
+        };
+        if reject {
+            PawsCheck::Rejected
+        } else {
+            PawsCheck::NotBehind
+        }
+    }
+
+    /// The server closed a connection with `peer` first and holds it in
+    /// TIME_WAIT: remember the peer's last timestamp, only forward (or over
+    /// a stale entry).
+    pub fn remember(&mut self, peer: IpAddr, ts: u32, now: Nanos) {
+        let e = self.cache.entry(peer).or_insert((ts, now));
+        if e.0.wrapping_sub(ts) as i32 <= 0 || now.saturating_sub(e.1) > self.paws_msl {
+            *e = (ts, now);
+        }
+    }
+
+    /// What is cached for `peer`: (timestamp, when cached).
+    pub fn get(&self, peer: IpAddr) -> Option<(u32, Nanos)> {
+        self.cache.get(&peer).copied()
+    }
+}
+
+struct Side<'s> {
+    s: &'s TwRecycleScenario,
     /// Per host: its clock's offset.
     host_offset: Vec<u32>,
     /// Per connection: its own offset (per-connection clients).
     conn_offset: Vec<u32>,
-    /// Per peer address: (timestamp, when cached).
-    cache: HashMap<IpAddr, (u32, Nanos)>,
+    cache: PeerCache,
     first_dropped: Vec<bool>,
 }
 
 impl Side<'_> {
     /// The timestamp connection `id` from `host` sends at `now`.
     fn tsval(&self, host: u32, id: u32, now: Nanos) -> u32 {
-        let ticks = (u128::from(now) * u128::from(self.s.hosts.ts_hz) / 1_000_000_000) as u32;
         let offset = match self.s.hosts.ts_offsets {
             ClientOffsets::PerHost | ClientOffsets::PerHostPair => self.host_offset[host as usize],
             ClientOffsets::PerConnection => self.conn_offset[id as usize],
         };
-        offset.wrapping_add(ticks)
+        tsval(offset, self.s.hosts.ts_hz, now)
     }
 
     fn cache_on(&self) -> bool {
@@ -211,15 +282,11 @@ impl Tcp for Side<'_> {
         let peer = c.out.expect("a SYN that reached the server").src;
         let with_ts = self.s.hosts.timestamps;
         let ts = self.tsval(c.host, id, now);
-        if let Some(&(cached, stamp)) = self.cache.get(&peer) {
-            let fresh = now.saturating_sub(stamp) < self.paws_msl;
-            let behind = cached.wrapping_sub(ts) as i32 > 1;
-            if fresh && ((with_ts && behind) || (!with_ts && self.rejects_without_ts)) {
-                if c.attempt == 0 {
-                    self.first_dropped[id as usize] = true;
-                }
-                return SynAnswer::Drop(Refusal::Paws);
+        if self.cache.check(peer, with_ts.then_some(ts), now) == PawsCheck::Rejected {
+            if c.attempt == 0 {
+                self.first_dropped[id as usize] = true;
             }
+            return SynAnswer::Drop(Refusal::Paws);
         }
         SynAnswer::SynAck
     }
@@ -232,10 +299,7 @@ impl Tcp for Side<'_> {
         // timestamp, only forward (or over a stale entry).
         let peer = c.out.expect("an established connection").src;
         let ts = self.tsval(c.host, id, now);
-        let e = self.cache.entry(peer).or_insert((ts, now));
-        if e.0.wrapping_sub(ts) as i32 <= 0 || now.saturating_sub(e.1) > self.paws_msl {
-            *e = (ts, now);
-        }
+        self.cache.remember(peer, ts, now);
     }
 }
 
@@ -245,8 +309,6 @@ pub fn run(s: &TwRecycleScenario, profile: KernelProfile) -> ListenerReport {
     let mut rng = <Pcg64Mcg as rand::SeedableRng>::seed_from_u64(s.seed ^ 0x7157);
     let side = Side {
         s,
-        paws_msl: profile.tcp.paws_msl.as_nanos() as Nanos,
-        rejects_without_ts: profile.tcp.paws_rejects_syn_without_timestamp,
         host_offset: (0..s.hosts.count)
             .map(|_| {
                 let up = rng.random_range(0..s.hosts.max_uptime.as_nanos().max(1));
@@ -254,7 +316,7 @@ pub fn run(s: &TwRecycleScenario, profile: KernelProfile) -> ListenerReport {
             })
             .collect(),
         conn_offset: Vec::with_capacity(s.load.connections as usize),
-        cache: HashMap::new(),
+        cache: PeerCache::new(&profile),
         first_dropped: Vec::with_capacity(s.load.connections as usize),
     };
     let nat = NatRules {
@@ -288,7 +350,7 @@ fn predictions(side: &Side<'_>, hosts: &[HostStats]) -> Vec<Prediction> {
     let (predicted, formula) = if !side.cache_on() {
         (0.0, "0: no per-peer timestamp cache without tcp_tw_recycle and timestamps".to_string())
     } else if !s.hosts.timestamps {
-        let p = if side.rejects_without_ts { 1.0 } else { 0.0 };
+        let p = if side.cache.rejects_without_ts { 1.0 } else { 0.0 };
         (p, "SYNs without timestamps: all rejected on 4.x once a peer is cached, none on 3.x".to_string())
     } else {
         match s.hosts.ts_offsets {

@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 mod demo;
+mod explain;
 mod profiles;
 mod run;
 mod scenarios;
@@ -22,6 +23,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
             run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
+        Some(Command::Explain { race, kernel, format }) => explain::run(&mut out, &race, kernel.as_deref(), format),
         Some(Command::Stress {
             threads,
             workload,
