@@ -10,6 +10,7 @@ pub mod params;
 pub mod report;
 pub mod scenario;
 pub mod snat;
+pub mod sweep;
 pub mod syn_backlog;
 pub mod tcp;
 pub mod tw_recycle;
