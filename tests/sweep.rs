@@ -246,8 +246,8 @@ fn plot_has_one_line_per_kernel_a_legend_and_labels() {
         "kernel 4.19",
         "kernel 6.6",
         "clients.rate (per second)",
-        "share of lookups retried (clients.retried_share), %",
-        "dns: share of lookups retried by clients.rate",
+        "share of lookups retried, %",
+        "dns: share of lookups retried (clients.retried_share) by clients.rate",
         "100",
         "400",
     ] {

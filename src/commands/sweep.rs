@@ -361,7 +361,8 @@ impl View<'_> {
         let axis = &self.grid.axes[0];
         let (x_label, xs) = plot::x_axis(&axis.key, &axis.values);
         let scale = if sweep::unit_of(key) == Unit::Share { 100.0 } else { 1.0 };
-        let what = sweep::describe(key, self.scenario).map_or(key.clone(), |d| format!("{d} ({key})"));
+        // The title names the key; the axis says what it counts, briefly.
+        let what = sweep::describe(key, self.scenario).map_or(key.clone(), str::to_string);
         let y_label = match sweep::unit_of(key) {
             Unit::Share => format!("{what}, %"),
             Unit::Millis => format!("{what}, ms"),
@@ -397,7 +398,10 @@ impl View<'_> {
         }
         let interval = if self.grid.seeds.len() > 1 { ", error bars: 95 % interval" } else { "" };
         plot::Chart {
-            title: format!("{}: {} by {}", self.scenario, sweep::describe(key, self.scenario).unwrap_or(key), axis.key),
+            title: match sweep::describe(key, self.scenario) {
+                Some(d) => format!("{}: {d} ({key}) by {}", self.scenario, axis.key),
+                None => format!("{}: {key} by {}", self.scenario, axis.key),
+            },
             subtitle: format!(
                 "{}{}{interval}",
                 if fixed.is_empty() { String::new() } else { format!("{}; ", fixed.join(", ")) },
