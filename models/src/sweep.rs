@@ -101,7 +101,9 @@ fn parse_range(item: &str) -> Option<Result<Vec<String>, String>> {
     let (to, step) = rest.split_once(':').unwrap_or((rest, "1"));
     let num = |s: &str| s.trim().parse::<f64>().ok().filter(|v| v.is_finite());
     let (Some(a), Some(b), Some(d)) = (num(from), num(to), num(step)) else {
-        return Some(Err("a range is FROM..TO:STEP with numbers, e.g. 100..1000:100".into()));
+        return Some(duration_range(from, to, step).unwrap_or_else(|| {
+            Err("a range is FROM..TO:STEP with numbers (100..1000:100) or durations (100us..1ms:100us)".into())
+        }));
     };
     if d <= 0.0 {
         return Some(Err("the step must be positive".into()));
@@ -118,6 +120,29 @@ fn parse_range(item: &str) -> Option<Result<Vec<String>, String>> {
     let decimals = [from, step].iter().map(|s| s.trim().split_once('.').map_or(0, |(_, f)| f.len())).max().unwrap_or(0);
     let values = (0..=steps as usize).map(|i| format!("{:.*}", decimals, a + i as f64 * d)).collect();
     Some(Ok(values))
+}
+
+/// `100us..1ms:100us` → `100us`, `200us`, …, `1000us`, in the largest unit
+/// that writes every value as a whole number.
+fn duration_range(from: &str, to: &str, step: &str) -> Option<Result<Vec<String>, String>> {
+    let ns = |s: &str| {
+        humantime_serde::re::humantime::parse_duration(s.trim()).ok().and_then(|d| u64::try_from(d.as_nanos()).ok())
+    };
+    let (a, b, d) = (ns(from)?, ns(to)?, ns(step)?);
+    if d == 0 {
+        return Some(Err("the step must be positive".into()));
+    }
+    if b < a {
+        return Some(Err("TO is smaller than FROM".into()));
+    }
+    if (b - a) / d >= MAX_AXIS_VALUES as u64 {
+        return Some(Err(format!("more than {MAX_AXIS_VALUES} values")));
+    }
+    let (unit, scale) = [("s", 1_000_000_000), ("ms", 1_000_000), ("us", 1_000), ("ns", 1)]
+        .into_iter()
+        .find(|(_, k)| a % k == 0 && d % k == 0)
+        .expect("every duration is whole nanoseconds");
+    Some(Ok((0..=(b - a) / d).map(|i| format!("{}{unit}", (a + i * d) / scale)).collect()))
 }
 
 /// One grid point: a value of every axis, and a kernel.
@@ -338,7 +363,7 @@ pub fn check_metric(key: &str, sample: &Sample) -> Result<(), String> {
         return Ok(());
     }
     let known: Vec<&str> = sample.0.keys().map(String::as_str).filter(|k| !k.starts_with("snat.probes.")).collect();
-    Err(format!("unknown metric; this scenario has: {}", known.join(", ")))
+    Err(format!("unknown metric; this scenario has: {} (and clients.retry_classes.CLASS)", known.join(", ")))
 }
 
 /// The metric plotted (and shown first) when `--metric` is not given.
@@ -380,7 +405,9 @@ pub fn describe(key: &str, scenario: &str) -> Option<&'static str> {
         "clients.failed_share" => "share of connections failed",
         "conntrack.insert_failed_share" if dns => "insert_failed per lookup",
         "conntrack.insert_failed_share" => "share of connections with insert_failed",
+        "clients.p50_ms" => "median latency",
         "clients.p99_ms" => "99th percentile latency",
+        "clients.max_ms" => "worst latency",
         "tcp.syn_dropped_paws" => "SYNs dropped by PAWS",
         "tcp.syn_dropped_backlog" => "SYNs dropped by the backlog",
         _ => return None,
@@ -472,6 +499,8 @@ mod tests {
         assert_eq!(a.values, ["100", "300", "500", "1000"]);
         let a = Axis::parse("node.split=0.1..0.3:0.1").unwrap();
         assert_eq!(a.values, ["0.1", "0.2", "0.3"]);
+        assert_eq!(Axis::parse("k=500us..2ms:500us").unwrap().values, ["500us", "1000us", "1500us", "2000us"]);
+        assert_eq!(Axis::parse("k=1s..3s:1s").unwrap().values, ["1s", "2s", "3s"]);
         // The step need not land on TO.
         assert_eq!(Axis::parse("k=1..10:4").unwrap().values, ["1", "5", "9"]);
         assert_eq!(Axis::parse("k=1..3").unwrap().values, ["1", "2", "3"]);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use racetrack_engine::KernelProfile;
+use racetrack_models::scenario::Scenario;
 use racetrack_models::sweep::{self, Axis, Interval, PointStats, Sample, Sweep, SweepKernel, Unit};
 use serde_json::{json, Value};
 
@@ -50,18 +51,7 @@ fn input<E: ToString>(e: E) -> CliError {
 
 pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     // Everything is checked before the first run.
-    let format = a.format.unwrap_or_else(default_format);
-    let output = match format.name().as_str() {
-        "table" => Output::Table,
-        "json" => Output::Json,
-        "csv" => Output::Csv,
-        _ => {
-            return Err(CliError::Input(format!(
-                "--format {}: not available for `sweep` (table, json or csv)",
-                format.name()
-            )))
-        }
-    };
+    output_of(a.format)?;
     let base = load_scenario(&a.scenario)?.with_sets(&a.sets).map_err(input)?;
     let axes = a.over.iter().map(|o| Axis::parse(o)).collect::<Result<Vec<_>, _>>().map_err(input)?;
     let specs = if a.kernel.is_empty() { vec![base.default_kernel().to_string()] } else { a.kernel.clone() };
@@ -78,14 +68,32 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     }
     let first_seed = a.seed.unwrap_or(base.seed());
     let grid = Sweep::new(&base, axes, kernels, first_seed, a.seeds).map_err(input)?;
-    let mut plot_file = match &a.plot {
+    // Create the plot file now, so a path that cannot be written fails
+    // before hours of runs; remove it again if the sweep fails after all.
+    let plot_file = match &a.plot {
         Some(path) => Some((
-            path,
+            path.as_path(),
             std::fs::File::create(path)
                 .map_err(|e| CliError::Input(format!("{}: cannot write: {e}", path.display())))?,
         )),
         None => None,
     };
+    let plot_path = plot_file.as_ref().map(|(p, _)| *p);
+    let result = run_grid(out, &a, &base, &grid, plot_file);
+    if let (Err(_), Some(path)) = (&result, plot_path) {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn run_grid<W: Write>(
+    out: &mut W,
+    a: &Args,
+    base: &Scenario,
+    grid: &Sweep,
+    mut plot_file: Option<(&std::path::Path, std::fs::File)>,
+) -> Result<ExitCode, CliError> {
+    let output = output_of(a.format)?;
 
     // Calibrate on the first and the last run (the grid's two extremes), in
     // parallel as the sweep will run; both results are kept.
@@ -98,7 +106,6 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         let handles: Vec<_> = calibration
             .iter()
             .map(|&i| {
-                let grid = &grid;
                 s.spawn(move || {
                     let t = Instant::now();
                     let sample = grid.run_one(i);
@@ -109,7 +116,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         handles.into_iter().map(|h| h.join().expect("a calibration run panicked")).collect()
     });
     let first = &timed[0].1;
-    let metric_keys: Vec<String> = if a.metrics.is_empty() { sweep::default_metrics(&base) } else { a.metrics.clone() };
+    let metric_keys: Vec<String> = if a.metrics.is_empty() { sweep::default_metrics(base) } else { a.metrics.clone() };
     for key in &metric_keys {
         sweep::check_metric(key, first).map_err(|m| CliError::Input(format!("--metric: key `{key}`: {m}")))?;
     }
@@ -117,14 +124,13 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     let left = runs - timed.len();
     let estimate = started.elapsed() + per_run * left.div_ceil(threads) as u32;
     eprintln!(
-        "racetrack: sweep {}: {} points × {} seeds = {} runs, about {} on {} core{}",
+        "racetrack: sweep {}: {} × {} = {}, about {} on {}",
         base.name(),
-        grid.points.len(),
-        grid.seeds.len(),
-        runs,
+        count(grid.points.len(), "point"),
+        count(grid.seeds.len(), "seed"),
+        count(runs, "run"),
         human(estimate),
-        threads,
-        if threads == 1 { "" } else { "s" }
+        count(threads, "core"),
     );
 
     let bar = if std::io::stderr().is_terminal() {
@@ -142,7 +148,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     bar.finish_and_clear();
     let stats = grid.aggregate(&samples, &metric_keys);
 
-    let view = View { scenario: base.name(), grid: &grid, stats: &stats, keys: &metric_keys, sets: &a.sets };
+    let view = View { scenario: base.name(), grid, stats: &stats, keys: &metric_keys, sets: &a.sets };
     match output {
         Output::Table => view.table(out)?,
         Output::Json => view.json(out)?,
@@ -156,10 +162,28 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The output for `--format`; `conntrack` and `prom` mean nothing for a grid.
+fn output_of(format: Option<Format>) -> Result<Output, CliError> {
+    let format = format.unwrap_or_else(default_format);
+    match format.name().as_str() {
+        "table" => Ok(Output::Table),
+        "json" => Ok(Output::Json),
+        "csv" => Ok(Output::Csv),
+        other => Err(CliError::Input(format!("--format {other}: not available for `sweep` (table, json or csv)"))),
+    }
+}
+
+/// "1 run", "2 runs".
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// "0.4 s", "40 s", "3 min 20 s".
 fn human(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 10.0 {
+    if s < 0.1 {
+        "0.1 s or less".to_string()
+    } else if s < 10.0 {
         format!("{s:.1} s")
     } else if s < 120.0 {
         format!("{s:.0} s")
