@@ -88,9 +88,17 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-const WIDTH: u32 = 960;
-const HEIGHT: u32 = 560;
-const LEGEND_WIDTH: u32 = 240;
+/// Width of the plotting area (axes included), and the least height.
+const PLOT_WIDTH: u32 = 720;
+const MIN_HEIGHT: u32 = 560;
+const TITLE_HEIGHT: u32 = 72;
+const LEGEND_ROW: u32 = 24;
+
+/// Rough width of `text` in pixels at a rendered font size: SVG text is laid
+/// out by the viewer, so this only has to be generous enough not to clip.
+fn text_width(text: &str, font_px: f64) -> u32 {
+    (text.chars().count() as f64 * font_px * 0.6).ceil() as u32
+}
 
 /// A tick label: no trailing zeros.
 fn tick(v: f64) -> String {
@@ -111,12 +119,19 @@ pub fn svg(c: &Chart) -> Result<String, String> {
 }
 
 fn draw(c: &Chart, buf: &mut String) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::with_string(buf, (WIDTH, HEIGHT)).into_drawing_area();
+    // Size the canvas to its text: a legend column as wide as its longest
+    // label, a title that fits, and a row per series.
+    let longest = c.series.iter().map(|s| text_width(&s.label, 11.3)).max().unwrap_or(0);
+    let legend_width = (longest + 56).clamp(160, 560);
+    let width =
+        (PLOT_WIDTH + legend_width).max(text_width(&c.title, 17.7) + 48).max(text_width(&c.subtitle, 11.3) + 48);
+    let height = MIN_HEIGHT.max(TITLE_HEIGHT + LEGEND_ROW * (c.series.len() as u32 + 1));
+    let root = SVGBackend::with_string(buf, (width, height)).into_drawing_area();
     root.fill(&WHITE)?;
-    let (top, body) = root.split_vertically(72);
+    let (top, body) = root.split_vertically(TITLE_HEIGHT);
     top.draw(&Text::new(c.title.clone(), (24, 14), ("sans-serif", 22).into_font().color(&BLACK)))?;
     top.draw(&Text::new(c.subtitle.clone(), (24, 46), ("sans-serif", 14).into_font().color(&RGBColor(70, 70, 70))))?;
-    let (plot_area, legend) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
+    let (plot_area, legend) = body.split_horizontally(width - legend_width);
 
     let (mut x0, mut x1) = c.x.x.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
     let pad = if c.x.categories.is_some() || x1 == x0 { 0.5 } else { (x1 - x0) * 0.04 };
@@ -184,7 +199,7 @@ fn draw(c: &Chart, buf: &mut String) -> Result<(), Box<dyn std::error::Error>> {
     // The legend sits beside the plot, so it never covers a line.
     for (i, s) in c.series.iter().enumerate() {
         let color = PALETTE[i % PALETTE.len()];
-        let y = 24 + 24 * i as i32;
+        let y = 24 + (LEGEND_ROW * i as u32) as i32;
         legend.draw(&Rectangle::new([(8, y - 6), (32, y + 6)], color.filled()))?;
         legend.draw(&Text::new(s.label.clone(), (40, y - 8), ("sans-serif", 14).into_font().color(&BLACK)))?;
     }
