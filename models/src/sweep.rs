@@ -596,6 +596,55 @@ mod tests {
         assert!(e.message.contains("at clients.lookups=x"), "{e}");
     }
 
+    fn small_sweep(seeds: usize) -> Sweep {
+        let base = Scenario::builtin("dns").unwrap().with_sets(&["clients.lookups=40".into()]).unwrap();
+        let kernels = vec![SweepKernel { label: "4.14".into(), profile: KernelProfile::resolve("4.14").unwrap() }];
+        Sweep::new(&base, vec![Axis::parse("clients.pods=2,5,9").unwrap()], kernels, 1, seeds).unwrap()
+    }
+
+    #[test]
+    fn results_come_back_in_run_order_whatever_the_threads() {
+        let sweep = small_sweep(2);
+        let calls = AtomicUsize::new(0);
+        let one = sweep.run_all(1, BTreeMap::new(), &|| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(calls.load(Ordering::Relaxed), 6, "one progress call per run");
+        let three = sweep.run_all(3, BTreeMap::new(), &|| {});
+        assert_eq!(one, three);
+        let by_hand: Vec<Sample> = (0..sweep.runs()).map(|i| sweep.run_one(i)).collect();
+        assert_eq!(one, by_hand);
+        // Runs handed in are kept and not run again.
+        let mut marked = Sample::default();
+        marked.0.insert("marker".into(), 1.0);
+        let calls = AtomicUsize::new(0);
+        let out = sweep.run_all(2, BTreeMap::from([(4, marked.clone())]), &|| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!((out.len(), calls.load(Ordering::Relaxed)), (6, 5));
+        assert_eq!(out[4], marked);
+        assert_eq!(out[5], by_hand[5]);
+        // Each run carries the sweep's fixed overrides.
+        assert_eq!(sweep.run_one(0).get("clients.requests"), 40.0);
+    }
+
+    #[test]
+    fn aggregation_takes_each_points_seeds_in_order() {
+        let sweep = small_sweep(2);
+        let sample = |v: f64| Sample(BTreeMap::from([("m".to_string(), v)]));
+        let samples: Vec<Sample> = [1.0, 3.0, 10.0, 10.0, 0.0, 4.0].into_iter().map(sample).collect();
+        let stats = sweep.aggregate(&samples, &["m".into(), "clients.retry_classes.5s".into()]);
+        assert_eq!(stats.len(), 3);
+        let means: Vec<f64> = stats.iter().map(|p| p.metrics[0].1.mean).collect();
+        assert_eq!(means, [2.0, 10.0, 2.0]);
+        assert_eq!(stats[0].metrics[0].1.values, [1.0, 3.0]);
+        // Two values a and b: s = |a − b| / √2, half-width = t(0.975, 1) · s / √2 = 12.706 · |a − b| / 2.
+        assert!((stats[0].metrics[0].1.half_width.unwrap() - 12.7062 * 2.0 / 2.0).abs() < 1e-3);
+        assert_eq!(stats[1].metrics[0].1.half_width, Some(0.0));
+        // A histogram bucket no run had is 0.
+        assert_eq!(stats[2].metrics[1].1.mean, 0.0);
+    }
+
     #[test]
     fn samples_flatten_the_summary_and_derive_shares() {
         let mut s = Scenario::builtin("dns").unwrap().with_sets(&["clients.lookups=50".into()]).unwrap();
