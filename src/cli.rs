@@ -36,6 +36,45 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Run a scenario over a grid of parameter values, kernels and seeds, in
+    /// parallel; report each point's mean and 95 % confidence interval.
+    Sweep {
+        /// A built-in scenario (`racetrack scenarios`) or a scenario TOML file.
+        #[arg(value_name = "SCENARIO|FILE")]
+        scenario: String,
+        /// A parameter and its values: `clients.rate=100,200,400`, or a range
+        /// `FROM..TO:STEP` (`clients.rate=100..1000:100`). Repeat for a grid.
+        #[arg(long = "over", value_name = "KEY=V1,V2,...", required = true)]
+        over: Vec<String>,
+        /// Kernel presets or profile files, comma-separated (default: the
+        /// scenario's, as for `run`).
+        #[arg(long, value_name = "P1,P2,...", value_delimiter = ',')]
+        kernel: Vec<String>,
+        /// Seeds per point: N, N+1, … (the interval needs at least 2).
+        #[arg(long, default_value_t = 5, value_name = "K")]
+        seeds: usize,
+        /// Override a scenario parameter for every point, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// First seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// A metric to report: a dotted key of `run`'s JSON summary, or a
+        /// derived share (`clients.retried_share`). Repeatable; the first is
+        /// plotted. Default: the scenario's headline metric and a few more.
+        #[arg(long = "metric", value_name = "KEY")]
+        metrics: Vec<String>,
+        /// Also draw the first metric as an SVG line chart into this file.
+        #[arg(long, value_name = "FILE.svg")]
+        plot: Option<std::path::PathBuf>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Output format: table, json or csv (default: table on a terminal,
+        /// json otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// Hammer one table with real threads: race counting under real
     /// concurrency, and the table's speed.
     Stress {
@@ -129,4 +168,18 @@ pub enum Format {
     Table,
     /// JSON Lines: one `{"type": ..., "data": ...}` object per line.
     Json,
+    /// Comma-separated values with a header row (`sweep`).
+    Csv,
+}
+
+impl Format {
+    /// The name `--format` takes.
+    pub fn name(self) -> String {
+        self.to_possible_value().map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
+    /// The exit-2 error for a format `command` cannot print.
+    pub fn unsupported(self, command: &str) -> crate::error::CliError {
+        crate::error::CliError::Input(format!("--format {}: not available for `{command}`", self.name()))
+    }
 }

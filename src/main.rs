@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod error;
 mod output;
+mod plot;
 
 use std::process::ExitCode;
 

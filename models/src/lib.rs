@@ -11,6 +11,7 @@ pub mod params;
 pub mod report;
 pub mod scenario;
 pub mod snat;
+pub mod sweep;
 pub mod syn_backlog;
 pub mod tcp;
 pub mod tw_recycle;

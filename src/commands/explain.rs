@@ -29,11 +29,15 @@ pub fn run<W: Write>(
     let Some(r) = Race::from_name(race) else {
         return Err(CliError::Input(format!("explain: no such race `{race}` (known: {})", Race::names().join(", "))));
     };
+    let format = format.unwrap_or_else(default_format);
+    if !matches!(format, Format::Json | Format::Table) {
+        return Err(format.unsupported("explain"));
+    }
     let profile = KernelProfile::resolve(kernel.unwrap_or(r.default_kernel()))?;
     let e = explain(r, &profile);
-    match format.unwrap_or_else(default_format) {
-        Format::Json => write_json(out, &e)?,
+    match format {
         Format::Table => write_table(out, &e)?,
+        _ => write_json(out, &e)?,
     }
     Ok(ExitCode::SUCCESS)
 }

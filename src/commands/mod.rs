@@ -6,6 +6,7 @@ mod profiles;
 mod run;
 mod scenarios;
 mod stress;
+mod sweep;
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
@@ -21,6 +22,12 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
         Some(Command::Run { scenario, kernel, sets, seed, format }) => {
             run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
+        }
+        Some(Command::Sweep { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format }) => {
+            sweep::run(
+                &mut out,
+                sweep::Args { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format },
+            )
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Explain { race, kernel, format }) => explain::run(&mut out, &race, kernel.as_deref(), format),

@@ -51,6 +51,7 @@ pub fn run<W: Write>(
     let report = s.run(profile);
     match format.unwrap_or_else(default_format) {
         Format::Json => json_line(out, "summary", &report)?,
+        f @ Format::Csv => return Err(f.unsupported("run")),
         Format::Table => match &report {
             Report::Dns(r) => write_dns(out, r)?,
             Report::Snat(r) => write_snat(out, r)?,

@@ -270,6 +270,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     };
     match a.format.unwrap_or_else(super::run::default_format) {
         Format::Json => json_line(out, "summary", &s)?,
+        f @ Format::Csv => return Err(f.unsupported("stress")),
         Format::Table => {
             writeln!(
                 out,
