@@ -4,6 +4,7 @@
 pub mod baseline;
 pub mod clients;
 pub mod dns;
+pub mod inputs;
 pub mod listener;
 pub mod node;
 pub mod params;

@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 mod demo;
+pub mod inputs;
 mod profiles;
 mod run;
 mod scenarios;
@@ -18,8 +19,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let result = match cli.command {
         None => demo::run(&mut out),
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
-        Some(Command::Run { scenario, kernel, sets, seed, format }) => {
-            run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
+        Some(Command::Run { scenario, kernel, sets, seed, inputs, format }) => {
+            run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, &inputs, format)
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Stress {
