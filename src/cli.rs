@@ -119,7 +119,7 @@ pub struct InputArgs {
     pub sysctl: Option<PathBuf>,
     /// Which service of `--iptables-save` to model: `NAMESPACE/NAME[:PORT]`,
     /// `IP`, `IP:PORT`, `IP:PORT/PROTO` or `nodeport:PORT`.
-    #[arg(long, value_name = "SPEC", requires = "iptables_save")]
+    #[arg(long, value_name = "SPEC")]
     pub service: Option<String>,
 }
 

@@ -9,7 +9,8 @@
 //! returns the packets its chain did not DNAT, a `DNAT` ends the walk. What a
 //! packet reaching the service ends up at is each endpoint's share.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use racetrack_engine::input::InputError;
@@ -545,9 +546,16 @@ impl Parser<'_> {
 /// The parsed `nat` table: chains in order, with their rules.
 struct Table {
     chains: BTreeMap<String, Vec<Rule>>,
+    /// Walks already made, by chain and port, with the lines they used: a
+    /// chain reached many ways is walked once (no blow-up on deep fan-out).
+    memo: RefCell<HashMap<(String, u16), Walked>>,
 }
 
+/// A walk and the rule lines it used.
+type Walked = (Walk, BTreeSet<usize>);
+
 /// What a walk of a chain found.
+#[derive(Clone)]
 struct Walk {
     endpoints: Vec<NatEndpoint>,
     /// Share of the packets entering the chain that return from it un-DNATed.
@@ -559,7 +567,21 @@ impl Table {
     /// Walk `chain` for packets of a service on `port`, remembering the
     /// lines used.
     fn walk(&self, chain: &str, port: u16, depth: u32, used: &mut BTreeSet<usize>) -> Walk {
+        let key = (chain.to_string(), port);
+        if let Some((w, lines)) = self.memo.borrow().get(&key) {
+            used.extend(lines);
+            return w.clone();
+        }
+        let mut mine = BTreeSet::new();
+        let w = self.walk_uncached(chain, port, depth, &mut mine);
+        used.extend(&mine);
+        self.memo.borrow_mut().insert(key, (w.clone(), mine));
+        w
+    }
+
+    fn walk_uncached(&self, chain: &str, port: u16, depth: u32, used: &mut BTreeSet<usize>) -> Walk {
         let mut w = Walk { endpoints: Vec::new(), returned: 1.0, nth_only: None };
+        // iptables refuses loops and more than a few dozen levels; so does the walk.
         if depth > 32 {
             return w;
         }
@@ -580,7 +602,10 @@ impl Table {
                 "DNAT" => {
                     if let Some((addr, p)) = r.target_opts.get("--to-destination").and_then(|v| parse_destination(v)) {
                         if taken > 0.0 {
-                            w.endpoints.push(NatEndpoint { addr, port: p.unwrap_or(port), share: taken, line: r.line });
+                            merge(
+                                &mut w.endpoints,
+                                NatEndpoint { addr, port: p.unwrap_or(port), share: taken, line: r.line },
+                            );
                         }
                         left -= taken;
                     }
@@ -593,7 +618,7 @@ impl Table {
                     if taken > 0.0 {
                         for mut e in sub.endpoints {
                             e.share *= taken;
-                            w.endpoints.push(e);
+                            merge(&mut w.endpoints, e);
                         }
                         if let Some(n) = sub.nth_only {
                             w.nth_only = Some(w.nth_only.unwrap_or(true) && n);
@@ -606,6 +631,14 @@ impl Table {
         }
         w.returned = left.max(0.0);
         w
+    }
+}
+
+/// Add an endpoint's share; one reached by several paths (the same DNAT rule) is one endpoint.
+fn merge(endpoints: &mut Vec<NatEndpoint>, e: NatEndpoint) {
+    match endpoints.iter_mut().find(|x| x.line == e.line) {
+        Some(x) => x.share += e.share,
+        None => endpoints.push(e),
     }
 }
 
@@ -718,7 +751,8 @@ pub fn parse(text: &str, source: &str) -> Result<NatTable, InputError> {
             }
         }
     }
-    let mut table = Table { chains: declared.keys().map(|k| (k.clone(), Vec::new())).collect() };
+    let mut table =
+        Table { chains: declared.keys().map(|k| (k.clone(), Vec::new())).collect(), memo: RefCell::default() };
     for r in &rules {
         table.chains.get_mut(&r.chain).expect("declared").push(r.clone());
     }
@@ -972,5 +1006,24 @@ COMMIT
         );
         let s = parse(&text, "f").unwrap().snat.unwrap();
         assert_eq!((s.addresses, s.ports, s.random, s.random_fully), (4, Some((1024, 2047)), true, false));
+    }
+
+    #[test]
+    fn deep_fan_out_is_walked_once_per_chain() {
+        // 30 levels, each jumping 8 times into the next: 8^30 paths, 30 chains.
+        let mut t = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
+        for i in 0..=30 {
+            t += &format!(":C{i} - [0:0]\n");
+        }
+        t += "-A KUBE-SERVICES -d 10.96.0.10/32 -p udp --dport 53 -j C0\n";
+        for i in 0..30 {
+            for _ in 0..8 {
+                t += &format!("-A C{i} -m statistic --mode random --probability 0.1 -j C{}\n", i + 1);
+            }
+        }
+        t += "-A C30 -j DNAT --to-destination 10.244.0.2:53\nCOMMIT\n";
+        let s = &parse(&t, "f").unwrap().services[0];
+        assert_eq!(s.endpoints.len(), 1, "one DNAT rule, however many paths reach it");
+        assert!((s.endpoints[0].share - 1.0).abs() < 1e-9);
     }
 }

@@ -47,6 +47,12 @@ impl InputFile {
             message,
         };
         let text = std::str::from_utf8(bytes).map_err(|e| err(e.valid_up_to(), "not UTF-8 text".into()))?;
+        // A byte-order mark is text, not content.
+        let (text, bom) = match text.strip_prefix('\u{feff}') {
+            Some(t) => (t, 3),
+            None => (text, 0),
+        };
+        let err = |upto: usize, message: String| err(upto + bom, message);
         if let Some(at) = text.find(|c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) {
             let c = text[at..].chars().next().unwrap_or('\0');
             return Err(err(at, format!("binary data (control character U+{:04X}): not a text file", c as u32)));
@@ -69,9 +75,9 @@ pub struct Inputs {
 }
 
 impl Inputs {
-    /// No file given.
+    /// Nothing given: no file and no `--service`.
     pub fn is_empty(&self) -> bool {
-        self.iptables_save.is_none() && self.resolv_conf.is_none() && self.sysctl.is_none()
+        self.iptables_save.is_none() && self.resolv_conf.is_none() && self.sysctl.is_none() && self.service.is_none()
     }
 }
 
@@ -639,4 +645,43 @@ fn apply_sysctl(
     }
     applied.sysctl_applied = Some(count);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_must_be_text() {
+        let e = InputFile::from_bytes("f", b"*nat\n:A - [0:0]\n\xff\n").unwrap_err();
+        assert_eq!(e.to_string(), "f:3: not UTF-8 text");
+        let e = InputFile::from_bytes("f", b"a = 1\n\nb\x00c\n").unwrap_err();
+        assert_eq!(e.to_string(), "f:3: binary data (control character U+0000): not a text file");
+        let f = InputFile::from_bytes("f", "\u{feff}*nat\r\nCOMMIT\r\n".as_bytes()).unwrap();
+        assert_eq!(f.text, "*nat\r\nCOMMIT\r\n");
+    }
+
+    #[test]
+    fn notes_print_as_file_line_message() {
+        let n = Note {
+            source: "nat.txt".into(),
+            line: Some(42),
+            kind: NoteKind::Ignored,
+            message: "ignored -j REDIRECT (not modelled)".into(),
+        };
+        assert_eq!(n.to_string(), "nat.txt:42: ignored -j REDIRECT (not modelled)");
+    }
+
+    #[test]
+    fn service_alone_and_misplaced_files_are_refused() {
+        let mut s = Scenario::builtin("dns").unwrap();
+        let mut p = KernelProfile::resolve("4.19").unwrap();
+        let inputs = Inputs { service: Some("kube-system/kube-dns".into()), ..Inputs::default() };
+        let e = apply_inputs(&mut s, &mut p, &inputs).unwrap_err();
+        assert_eq!(e.to_string(), "--service: needs --iptables-save (it names one of its services)");
+        let mut s = Scenario::builtin("snat").unwrap();
+        let resolv = InputFile { source: "r".into(), text: "nameserver 10.96.0.10\n".into() };
+        let e = apply_inputs(&mut s, &mut p, &Inputs { resolv_conf: Some(resolv), ..Inputs::default() }).unwrap_err();
+        assert!(e.to_string().starts_with("--resolv-conf: does not apply to the snat scenario"), "{e}");
+    }
 }
