@@ -63,12 +63,15 @@ pub fn run<W: Write>(
     match format.unwrap_or_else(default_format) {
         Format::Json => match &applied {
             None => json_line(out, "summary", &report)?,
-            Some(a) => {
-                let mut data = serde_json::to_value(&report).map_err(std::io::Error::other)?;
-                if let Some(obj) = data.as_object_mut() {
-                    obj.insert("inputs".into(), serde_json::to_value(a).map_err(std::io::Error::other)?);
+            Some(inputs) => {
+                /// The report's keys in their order, then `inputs`.
+                #[derive(serde::Serialize)]
+                struct WithInputs<'a> {
+                    #[serde(flatten)]
+                    report: &'a Report,
+                    inputs: &'a racetrack_models::inputs::Applied,
                 }
-                json_line(out, "summary", &data)?
+                json_line(out, "summary", &WithInputs { report: &report, inputs })?
             }
         },
         Format::Table => match &report {

@@ -414,7 +414,7 @@ impl Parser<'_> {
             let value = if takes_value {
                 // `--opt` at the end of the line, or followed by another option: truncated.
                 match args.get(i) {
-                    Some(v) if !(v.starts_with("--") || (v.starts_with('-') && v.len() == 2 && v != "-1")) => {
+                    Some(v) if !v.starts_with('-') || v.parse::<f64>().is_ok() => {
                         i += 1;
                         Some(v.clone())
                     }
@@ -763,7 +763,8 @@ pub fn parse(text: &str, source: &str) -> Result<NatTable, InputError> {
         let nodeport_chain = r.chain == "KUBE-NODEPORTS";
         let kind = match (entry_chain, nodeport_chain, r.dst) {
             (true, _, Some(_)) => ServiceKind::ClusterIp,
-            (_, true, None) => ServiceKind::NodePort,
+            // With `--nodeport-addresses` kube-proxy also matches `-d NODE_IP` here.
+            (_, true, _) => ServiceKind::NodePort,
             _ => continue,
         };
         let (Some(target), Some(dport)) = (&r.target, &r.dport) else { continue };
@@ -786,7 +787,7 @@ pub fn parse(text: &str, source: &str) -> Result<NatTable, InputError> {
             let svc = NatService {
                 name: None,
                 kind,
-                addr: r.dst,
+                addr: if kind == ServiceKind::NodePort { None } else { r.dst },
                 port,
                 proto: proto.clone(),
                 line: r.line,
@@ -821,7 +822,7 @@ pub fn parse(text: &str, source: &str) -> Result<NatTable, InputError> {
         out.services.push(NatService {
             name: service_name(r.comment.as_deref()),
             kind,
-            addr: r.dst,
+            addr: if kind == ServiceKind::NodePort { None } else { r.dst },
             port,
             proto,
             line: r.line,
@@ -1025,5 +1026,19 @@ COMMIT
         let s = &parse(&t, "f").unwrap().services[0];
         assert_eq!(s.endpoints.len(), 1, "one DNAT rule, however many paths reach it");
         assert!((s.endpoints[0].share - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nodeports_with_addresses_and_negative_values() {
+        let text = SAVE
+            .replace(":KUBE-POSTROUTING - [0:0]", ":KUBE-POSTROUTING - [0:0]\n:KUBE-NODEPORTS - [0:0]")
+            .replace("COMMIT", "-A KUBE-NODEPORTS -d 192.0.2.5/32 -p udp -m udp --dport 30053 -j KUBE-SVC-DNS\nCOMMIT");
+        let t = parse(&text, "f").unwrap();
+        let np: Vec<&NatService> = t.services.iter().filter(|s| s.kind == ServiceKind::NodePort).collect();
+        assert_eq!(np.len(), 1);
+        assert_eq!((np[0].address(), np[0].endpoints.len()), ("nodeport 30053/udp".to_string(), 3));
+        assert!(np[0].matches("nodeport:30053"));
+        let e = parse(&SAVE.replacen("0.50000000000", "-0.5", 1), "f").unwrap_err();
+        assert!(e.message.contains("not between 0 and 1"), "{e}");
     }
 }
