@@ -1,7 +1,9 @@
 //! Command-line arguments (clap derive): the low-level form, turned into a
 //! validated plan by `commands`.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// A userspace model of Linux conntrack and NAT races: why DNS lookups take
 /// 5 s, why insert_failed climbs, why SYNs vanish behind NAT.
@@ -32,6 +34,9 @@ pub enum Command {
         /// Seed of the run (the same seed gives the same output).
         #[arg(long)]
         seed: Option<u64>,
+        /// Files from a real node that set the scenario's parameters.
+        #[command(flatten)]
+        inputs: InputArgs,
         /// Output format (default: table on a terminal, json otherwise).
         #[arg(long, value_enum)]
         format: Option<Format>,
@@ -146,6 +151,27 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+}
+
+/// Files from a real node: applied after the scenario's defaults and
+/// before `--set`, so `--set` wins.
+#[derive(Debug, Clone, Default, Args)]
+pub struct InputArgs {
+    /// `iptables-save` output (its nat table): the DNS service's endpoints
+    /// for `dns`, the MASQUERADE/SNAT flags and ports for `snat`.
+    #[arg(long, value_name = "FILE")]
+    pub iptables_save: Option<PathBuf>,
+    /// A pod's `/etc/resolv.conf`: the `dns` scenario's `[resolv]` section.
+    #[arg(long, value_name = "FILE")]
+    pub resolv_conf: Option<PathBuf>,
+    /// `sysctl -a` output: conntrack sizes and timeouts, TCP listener and
+    /// `tcp_tw_recycle` settings.
+    #[arg(long, value_name = "FILE")]
+    pub sysctl: Option<PathBuf>,
+    /// Which service of `--iptables-save` to model: `NAMESPACE/NAME[:PORT]`,
+    /// `IP`, `IP:PORT`, `IP:PORT/PROTO` or `nodeport:PORT`.
+    #[arg(long, value_name = "SPEC")]
+    pub service: Option<String>,
 }
 
 /// The stress workloads.

@@ -190,8 +190,13 @@ fn bad_run_input_exits_2_naming_the_key() {
     assert_one_line_error(&racetrack(&["run", "dns", "--set", "node.cpus=two"]), &["node.cpus"]);
     assert_one_line_error(&racetrack(&["run", "nosuch"]), &["nosuch", "no such scenario"]);
     assert_one_line_error(&racetrack(&["run", "dns", "--kernel", "2.6"]), &["2.6"]);
-    let p = temp_file("broken.toml", "scenario = \"dns\"\nseed = 1\n[node]\ncpus = 2\n");
-    assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["broken.toml"]);
+    let p = temp_file("broken.toml", "scenario = \"dns\"\nseed = 1\n[node]\ncpus = 2\nsteering = 3\n");
+    assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["broken.toml:5:", "node.steering"]);
+    // A file need hold only what it changes.
+    let p = temp_file("partial.toml", "scenario = \"dns\"\n[node]\ncpus = 4\n");
+    let o = racetrack(&["run", p.to_str().unwrap(), "--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["per_cpu"].as_array().unwrap().len(), 4);
     let p = temp_file("binary.toml", "\u{0}\u{1}\u{2}garbage");
     assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["binary.toml"]);
 }

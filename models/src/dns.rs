@@ -67,8 +67,14 @@ pub enum NameKind {
 pub struct Service {
     /// CoreDNS endpoints behind the ClusterIP.
     pub endpoints: u32,
-    /// `iptables` (statistic random chains, as kube-proxy writes them) or `ipvs-rr`.
+    /// `iptables` (statistic random chains, as kube-proxy writes them),
+    /// `iptables-nth` (statistic nth chains: round robin) or `ipvs-rr`.
     pub selector: SelectorKind,
+    /// With `iptables`: explicit `--probability` values of the endpoint rules
+    /// but the last (one fewer than `endpoints`), for chains that are not the
+    /// uniform ones kube-proxy writes. Empty: kube-proxy's `1 / (n - i)`.
+    #[serde(default)]
+    pub probabilities: Vec<f64>,
     /// Time for an endpoint to answer.
     #[serde(with = "humantime_serde")]
     pub latency: Duration,
@@ -80,6 +86,8 @@ pub struct Service {
 pub enum SelectorKind {
     /// iptables `-m statistic --mode random` chains.
     Iptables,
+    /// iptables `-m statistic --mode nth` chains: each endpoint in turn.
+    IptablesNth,
     /// IPVS round robin.
     IpvsRr,
 }
@@ -160,7 +168,12 @@ impl Default for DnsScenario {
             scenario: "dns".into(),
             seed: 1,
             node: Node::new(2, SteeringKind::Spread),
-            service: Service { endpoints: 1, selector: SelectorKind::Iptables, latency: Duration::from_micros(500) },
+            service: Service {
+                endpoints: 1,
+                selector: SelectorKind::Iptables,
+                probabilities: Vec::new(),
+                latency: Duration::from_micros(500),
+            },
             clients: Clients {
                 pods: 20,
                 lookups: 2000,
@@ -191,6 +204,25 @@ impl Validate for DnsScenario {
         self.node.validate()?;
         if self.service.endpoints == 0 || self.service.endpoints > 1000 {
             return bad("service.endpoints", "must be 1 to 1000");
+        }
+        let p = &self.service.probabilities;
+        if !p.is_empty() {
+            if self.service.selector != SelectorKind::Iptables {
+                return bad("service.probabilities", "applies only to selector \"iptables\"");
+            }
+            if p.len() + 1 != self.service.endpoints as usize {
+                return Err((
+                    "service.probabilities".into(),
+                    format!(
+                        "has {} values for {} endpoints: give one per endpoint but the last, or none",
+                        p.len(),
+                        self.service.endpoints
+                    ),
+                ));
+            }
+            if p.iter().any(|v| !(0.0..=1.0).contains(v)) {
+                return bad("service.probabilities", "each must be between 0 and 1");
+            }
         }
         if self.clients.pods == 0 || self.clients.pods > 60000 {
             return bad("clients.pods", "must be 1 to 60000");
@@ -266,7 +298,11 @@ pub fn run(s: &DnsScenario, profile: KernelProfile) -> DnsReport {
     let endpoints: Vec<Endpoint> =
         (0..s.service.endpoints).map(|i| Endpoint { addr: endpoint_ip(i).into(), port: 53, weight: 1 }).collect();
     let selector = match s.service.selector {
+        SelectorKind::Iptables if !s.service.probabilities.is_empty() => {
+            Selector::StatisticRandom { probabilities: s.service.probabilities.clone() }
+        }
         SelectorKind::Iptables => Selector::kube_proxy_random(endpoints.len()),
+        SelectorKind::IptablesNth => Selector::StatisticNth { every: s.service.endpoints },
         SelectorKind::IpvsRr => Selector::IpvsRr,
     };
     let dnat = Dnat::new(endpoints, selector, s.seed).expect("a valid service");

@@ -5,6 +5,7 @@ pub mod baseline;
 pub mod clients;
 pub mod dns;
 pub mod explain;
+pub mod inputs;
 pub mod listener;
 pub mod node;
 pub mod params;

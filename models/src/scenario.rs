@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::dns::{self, DnsReport, DnsScenario};
 use crate::listener::ListenerReport;
-use crate::params::{self, ParamError};
+use crate::params::{self, ParamError, Validate};
 use crate::snat::{self, SnatReport, SnatScenario};
 use crate::syn_backlog::{self, SynBacklogScenario};
 use crate::tw_recycle::{self, TwRecycleScenario};
@@ -132,6 +132,11 @@ impl Scenario {
     /// Apply `--set KEY=VALUE` overrides.
     pub fn with_sets(&self, sets: &[String]) -> Result<Scenario, ParamError> {
         each_map!(self, s => params::apply_sets(s, sets))
+    }
+
+    /// Check every parameter (as loading a file does); `Err((key, why))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        each!(self, s => s.validate())
     }
 
     /// Its name.

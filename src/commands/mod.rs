@@ -2,6 +2,7 @@
 
 mod demo;
 mod explain;
+pub mod inputs;
 mod profiles;
 mod run;
 mod scenarios;
@@ -20,8 +21,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let result = match cli.command {
         None => demo::run(&mut out),
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
-        Some(Command::Run { scenario, kernel, sets, seed, format }) => {
-            run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
+        Some(Command::Run { scenario, kernel, sets, seed, inputs, format }) => {
+            run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, &inputs, format)
         }
         Some(Command::Sweep { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format }) => {
             sweep::run(

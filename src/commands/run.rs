@@ -13,7 +13,8 @@ use racetrack_models::scenario::{names, Report, Scenario};
 use racetrack_models::snat::SnatReport;
 use racetrack_models::tcp::TcpStats;
 
-use crate::cli::Format;
+use crate::cli::{Format, InputArgs};
+use crate::commands::inputs;
 use crate::error::CliError;
 use crate::output::json_line;
 
@@ -40,23 +41,48 @@ pub fn run<W: Write>(
     kernel: Option<&str>,
     sets: &[String],
     seed: Option<u64>,
+    input_args: &InputArgs,
     format: Option<Format>,
 ) -> Result<ExitCode, CliError> {
-    let mut s = load_scenario(scenario)?.with_sets(sets).map_err(|e| CliError::Input(e.to_string()))?;
-    let profile = KernelProfile::resolve(kernel.unwrap_or(s.default_kernel()))?;
+    // Scenario defaults, then the node's files, then `--set`.
+    let mut s = load_scenario(scenario)?;
+    let mut profile = KernelProfile::resolve(kernel.unwrap_or(s.default_kernel()))?;
+    let mut applied = inputs::apply(&mut s, &mut profile, input_args)?;
+    let mut s = s.with_sets(sets).map_err(|e| CliError::Input(e.to_string()))?;
     if let Some(seed) = seed {
         s.set_seed(seed);
     }
-    s.check(&profile).map_err(|(key, why)| CliError::Input(format!("{scenario}: key `{key}`: {why}")))?;
+    s.check(&profile).map_err(|(key, why)| {
+        inputs::locate(applied.as_ref(), sets, &key, &why)
+            .unwrap_or_else(|| CliError::Input(format!("{scenario}: key `{key}`: {why}")))
+    })?;
+    if let Some(a) = &mut applied {
+        a.refresh(&s, &profile);
+    }
     let report = s.run(profile);
     match format.unwrap_or_else(default_format) {
-        Format::Json => json_line(out, "summary", &report)?,
+        Format::Json => match &applied {
+            None => json_line(out, "summary", &report)?,
+            Some(inputs) => {
+                /// The report's keys in their order, then `inputs`.
+                #[derive(serde::Serialize)]
+                struct WithInputs<'a> {
+                    #[serde(flatten)]
+                    report: &'a Report,
+                    inputs: &'a racetrack_models::inputs::Applied,
+                }
+                json_line(out, "summary", &WithInputs { report: &report, inputs })?
+            }
+        },
         f @ Format::Csv => return Err(f.unsupported("run")),
         Format::Table => match &report {
             Report::Dns(r) => write_dns(out, r)?,
             Report::Snat(r) => write_snat(out, r)?,
             Report::Listener(r) => write_listener(out, r)?,
         },
+    }
+    if let (Some(a), Format::Table) = (&applied, format.unwrap_or_else(default_format)) {
+        write_inputs(out, a)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -68,6 +94,24 @@ pub fn default_format() -> Format {
     } else {
         Format::Json
     }
+}
+
+fn write_inputs<W: Write>(out: &mut W, a: &racetrack_models::inputs::Applied) -> std::io::Result<()> {
+    let files: Vec<&str> = a.files.values().map(String::as_str).collect();
+    writeln!(out, "\ninputs   {}", files.join(", "))?;
+    if let Some(svc) = &a.service {
+        let name = svc.name.as_deref().unwrap_or("service");
+        writeln!(out, "  {name} {} → {} endpoints ({})", svc.address, svc.endpoints.len(), svc.endpoints.join(", "))?;
+    }
+    for (k, v) in &a.parameters {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    writeln!(
+        out,
+        "  {} ignored, {} notes (stderr; all under `inputs` with --format json)",
+        a.ignored.len(),
+        a.notes.len()
+    )
 }
 
 fn write_dns<W: Write>(out: &mut W, r: &DnsReport) -> std::io::Result<()> {
