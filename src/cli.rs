@@ -117,4 +117,10 @@ pub enum Format {
     Table,
     /// JSON Lines: one `{"type": ..., "data": ...}` object per line.
     Json,
+    /// A header line and one row: the JSON summary's leaves by key path.
+    Csv,
+    /// The per-CPU lines `conntrack -S` prints.
+    Conntrack,
+    /// Prometheus text exposition, node_exporter's names for the summed counters.
+    Prom,
 }

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod error;
 mod output;
+mod render;
 
 use std::process::ExitCode;
 

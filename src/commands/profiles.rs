@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::cli::Format;
 use crate::error::CliError;
 use crate::output::{json_line, Table};
+use crate::render::unsupported;
 
 pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<ExitCode, CliError> {
     if let Some(spec) = show {
@@ -16,6 +17,7 @@ pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<
         match format {
             Format::Table => write!(out, "{}", p.to_toml())?,
             Format::Json => json_line(out, "profile", &p)?,
+            f => return Err(unsupported("profiles", f, &[Format::Table, Format::Json])),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -34,6 +36,7 @@ pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<
             }
             t.write(out)?;
         }
+        f => return Err(unsupported("profiles", f, &[Format::Table, Format::Json])),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,6 +16,7 @@ use racetrack_models::tcp::TcpStats;
 use crate::cli::Format;
 use crate::error::CliError;
 use crate::output::json_line;
+use crate::render;
 
 /// Resolve a scenario argument: a built-in name, or a TOML file.
 pub fn load_scenario(spec: &str) -> Result<Scenario, CliError> {
@@ -48,7 +49,7 @@ pub fn run<W: Write>(
         s.set_seed(seed);
     }
     s.check(&profile).map_err(|(key, why)| CliError::Input(format!("{scenario}: key `{key}`: {why}")))?;
-    let report = s.run(profile);
+    let report = s.run(profile.clone());
     match format.unwrap_or_else(default_format) {
         Format::Json => json_line(out, "summary", &report)?,
         Format::Table => match &report {
@@ -56,8 +57,33 @@ pub fn run<W: Write>(
             Report::Snat(r) => write_snat(out, r)?,
             Report::Listener(r) => write_listener(out, r)?,
         },
+        Format::Csv => render::csv::write(out, &report)?,
+        Format::Conntrack => render::conntrack::write(out, &counters_of(&report, &profile))?,
+        Format::Prom => {
+            let (scenario, kernel, seed, clients) = match &report {
+                Report::Dns(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+                Report::Snat(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+                Report::Listener(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+            };
+            let e = render::prom::Exposition {
+                counters: counters_of(&report, &profile),
+                info: vec![("scenario", scenario.clone()), ("kernel", kernel.clone()), ("seed", seed.to_string())],
+                clients: Some(clients),
+            };
+            render::prom::write(out, &e)?
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The counters of a run's report, for the machine renderers.
+fn counters_of<'a>(report: &'a Report, profile: &'a KernelProfile) -> render::Counters<'a> {
+    let (per_cpu, entries) = match report {
+        Report::Dns(r) => (&r.per_cpu, r.conntrack_entries),
+        Report::Snat(r) => (&r.per_cpu, r.conntrack_entries),
+        Report::Listener(r) => (&r.per_cpu, r.conntrack_entries),
+    };
+    render::Counters { per_cpu, profile, entries }
 }
 
 /// Table for a person at a terminal, JSON Lines for a pipe.
