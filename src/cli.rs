@@ -80,6 +80,26 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Read a node's `conntrack -S` output (or /proc/net/stat/nf_conntrack) and
+    /// say what the counters point to, with a scenario that reproduces each finding.
+    Diagnose {
+        /// The file to read; `-` for stdin.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// The node's kernel: a preset or profile TOML file (default: inferred
+        /// from which counters are printed).
+        #[arg(long, value_name = "NAME|FILE")]
+        kernel: Option<String>,
+        /// Skip running the scenarios that check each proposed mitigation.
+        #[arg(long)]
+        no_verify: bool,
+        /// Exit 1 if any finding is a problem (packets lost).
+        #[arg(long)]
+        check: bool,
+        /// Output format: table or json (default: table on a terminal, json otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// List the built-in scenarios, or print one as TOML.
     Scenarios {
         /// Print this scenario as TOML: every parameter `--set` accepts.

@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 mod demo;
+mod diagnose;
 mod profiles;
 mod run;
 mod scenarios;
@@ -20,6 +21,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Some(Command::Profiles { show, format }) => profiles::run(&mut out, show.as_deref(), format),
         Some(Command::Run { scenario, kernel, sets, seed, format }) => {
             run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, format)
+        }
+        Some(Command::Diagnose { file, kernel, no_verify, check, format }) => {
+            diagnose::run(&mut out, diagnose::Args { file, kernel, no_verify, check, format })
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Stress {
