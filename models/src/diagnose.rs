@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use racetrack_engine::profile::ClashPolicy;
 use racetrack_engine::KernelProfile;
 use serde::Serialize;
 
@@ -328,6 +329,10 @@ pub struct Kernel {
     pub profile: Option<String>,
     /// In plain words: how the generation was decided.
     pub basis: String,
+    /// The kernel merges identical entries (4.19 and the like), so a DNS race
+    /// drops only when the two queries were sent to different endpoints.
+    #[serde(skip)]
+    merges_identical: bool,
 }
 
 impl Kernel {
@@ -338,6 +343,7 @@ impl Kernel {
             generation: g,
             profile: Some(p.name.clone()),
             basis: format!("--kernel {}: read with the counter semantics of {}", p.name, label(g)),
+            merges_identical: merges_identical(p),
         }
     }
 
@@ -364,7 +370,21 @@ impl Kernel {
                     .to_string(),
             )
         };
-        Kernel { generation, profile: None, basis }
+        Kernel { generation, profile: None, basis, merges_identical: false }
+    }
+}
+
+fn merges_identical(p: &KernelProfile) -> bool {
+    p.conntrack.clash == ClashPolicy::MergeMatching
+}
+
+/// The `--set` that makes the DNS scenario race on `p`: with one endpoint a
+/// kernel that merges identical entries loses nothing.
+fn dns_endpoints(merges: bool) -> &'static str {
+    if merges {
+        " --set service.endpoints=3"
+    } else {
+        ""
     }
 }
 
@@ -513,7 +533,7 @@ pub fn diagnose(s: &Sample, kernel: Kernel) -> Diagnosis {
     let severity =
         |lost: u64| if ratio(lost).is_some_and(|r| r <= HEALTHY_RATIO) { Severity::Notice } else { Severity::Problem };
     let mut f: Vec<Finding> = Vec::new();
-    let dns_cmd = |extra: &str| format!("racetrack run dns {k}{extra}");
+    let dns_cmd = |extra: &str| format!("racetrack run dns {k}{}{extra}", dns_endpoints(kernel.merges_identical));
     let snat_cmd = |extra: &str| format!("racetrack run snat {k}{extra}");
     let clash_mitigation = |udp: bool| {
         let mut plan = vec![Plan::SnatRandomFully];
@@ -751,13 +771,17 @@ fn dns_figures(a: &dns::DnsReport, b: &dns::DnsReport, extra: &[&str]) -> Vec<Fi
 fn run_plan(plan: &Plan, profile: &KernelProfile, k: &str) -> Check {
     match plan {
         Plan::DnsSingleRequestReopen => {
-            let base = DnsScenario::default();
+            let mut base = DnsScenario::default();
+            let set = dns_endpoints(merges_identical(profile));
+            if !set.is_empty() {
+                base.service.endpoints = 3;
+            }
             let mut with = base.clone();
             with.resolv.single_request_reopen = true;
             let (a, b) = (dns::run(&base, profile.clone()), dns::run(&with, profile.clone()));
             Check {
-                without: format!("racetrack run dns --kernel {k}"),
-                with: format!("racetrack run dns --kernel {k} --set resolv.single_request_reopen=true"),
+                without: format!("racetrack run dns --kernel {k}{set}"),
+                with: format!("racetrack run dns --kernel {k}{set} --set resolv.single_request_reopen=true"),
                 figures: dns_figures(&a, &b, &[]),
                 helps: false,
             }
