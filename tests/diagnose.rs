@@ -267,3 +267,41 @@ fn run_output_in_conntrack_format_parses_back() {
         assert_eq!(v["data"]["kernel"]["profile"], kernel);
     }
 }
+
+/// For every preset: the simulated node's counters, printed as `conntrack -S` and
+/// read back with that preset, give `clash-drops` exactly when the simulated
+/// clients lost queries, and the inferred generation agrees with the profile's.
+#[test]
+fn the_reading_of_simulated_counters_agrees_with_what_the_clients_saw() {
+    for name in racetrack_engine::profile::preset_names() {
+        let p = preset(&name).unwrap();
+        let args = ["run", "dns", "--kernel", &name, "--set", "service.endpoints=3", "--format"];
+        let summary = json(&racetrack(&[&args[..], &["json"]].concat()));
+        let o = racetrack(&[&args[..], &["conntrack"]].concat());
+        let file = temp(&format!("preset-{name}.txt"), &String::from_utf8(o.stdout).unwrap());
+        let file = file.to_str().unwrap();
+        let given = json(&racetrack(&["diagnose", file, "--kernel", &name, "--no-verify", "--format", "json"]));
+        let kinds: Vec<String> = given["data"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["kind"].as_str().unwrap().to_string())
+            .collect();
+        let lost = summary["data"]["clients"]["retried"].as_u64().unwrap() > 0;
+        assert_eq!(
+            kinds.contains(&"clash-drops".to_string()),
+            lost,
+            "{name}: {kinds:?} {}",
+            summary["data"]["clients"]
+        );
+        assert_eq!(kinds.contains(&"healthy".to_string()), !lost, "{name}: {kinds:?}");
+        let inferred = json(&racetrack(&["diagnose", file, "--no-verify", "--format", "json"]));
+        let want = match Generation::of(&p) {
+            Generation::DropOnly | Generation::MergeCountsFailed => "before-5.10",
+            Generation::ClashResolve => "5.10-5.14",
+            Generation::ChainLimit => "5.15+",
+            g => panic!("{name}: a profile has no {g:?}"),
+        };
+        assert_eq!(inferred["data"]["kernel"]["generation"], want, "{name}");
+    }
+}
