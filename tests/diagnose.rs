@@ -24,7 +24,7 @@ fn sample(name: &str) -> Sample {
 fn read(name: &str, kernel: Option<&str>) -> Diagnosis {
     let s = sample(name);
     let k = match kernel {
-        Some(k) => Kernel::given(&preset(k).unwrap()),
+        Some(k) => Kernel::given(&preset(k).unwrap(), k),
         None => Kernel::infer(&s),
     };
     diagnose::diagnose(&s, k)

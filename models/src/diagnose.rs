@@ -336,13 +336,13 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// From a `--kernel` profile.
-    pub fn given(p: &KernelProfile) -> Kernel {
+    /// From a `--kernel` profile; `spec` is how it was named (a preset or a file).
+    pub fn given(p: &KernelProfile, spec: &str) -> Kernel {
         let g = Generation::of(p);
         Kernel {
             generation: g,
-            profile: Some(p.name.clone()),
-            basis: format!("--kernel {}: read with the counter semantics of {}", p.name, label(g)),
+            profile: Some(spec.to_string()),
+            basis: format!("--kernel {spec}: read with the counter semantics of {}", label(g)),
             merges_identical: merges_identical(p),
         }
     }

@@ -42,9 +42,10 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     let given = a.kernel.as_deref().map(KernelProfile::resolve).transpose()?;
     let text = read_input(&a.file)?;
     let sample = diagnose::parse(&text, &a.file).map_err(|e| CliError::Input(e.to_string()))?;
-    let kernel = match &given {
-        Some(p) => Kernel::given(p),
-        None => Kernel::infer(&sample),
+    let kernel = match (&given, &a.kernel) {
+        // A profile file is named by its path in the commands printed, not by the name inside it.
+        (Some(p), Some(spec)) => Kernel::given(p, spec),
+        _ => Kernel::infer(&sample),
     };
     let generation = kernel.generation;
     let mut d = diagnose::diagnose(&sample, kernel);
