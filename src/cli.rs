@@ -136,6 +136,26 @@ pub enum Command {
         #[arg(long, value_enum)]
         format: Option<Format>,
     },
+    /// Read a node's `conntrack -S` output (or /proc/net/stat/nf_conntrack) and
+    /// say what the counters point to, with a scenario that reproduces each finding.
+    Diagnose {
+        /// The file to read; `-` for stdin.
+        #[arg(value_name = "FILE")]
+        file: String,
+        /// The node's kernel: a preset or profile TOML file (default: inferred
+        /// from which counters are printed).
+        #[arg(long, value_name = "NAME|FILE")]
+        kernel: Option<String>,
+        /// Skip running the scenarios that check each proposed mitigation.
+        #[arg(long)]
+        no_verify: bool,
+        /// Exit 1 if any finding is a problem (packets lost).
+        #[arg(long)]
+        check: bool,
+        /// Output format: table or json (default: table on a terminal, json otherwise).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
     /// List the built-in scenarios, or print one as TOML.
     Scenarios {
         /// Print this scenario as TOML: every parameter `--set` accepts.
@@ -194,8 +214,12 @@ pub enum Format {
     Table,
     /// JSON Lines: one `{"type": ..., "data": ...}` object per line.
     Json,
-    /// Comma-separated values with a header row (`sweep`).
+    /// A header line and one row: the JSON summary's leaves by key path.
     Csv,
+    /// The per-CPU lines `conntrack -S` prints.
+    Conntrack,
+    /// Prometheus text exposition, node_exporter's names for the summed counters.
+    Prom,
 }
 
 impl Format {
@@ -204,8 +228,13 @@ impl Format {
         self.to_possible_value().map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
     }
 
-    /// The exit-2 error for a format `command` cannot print.
-    pub fn unsupported(self, command: &str) -> crate::error::CliError {
-        crate::error::CliError::Input(format!("--format {}: not available for `{command}`", self.name()))
+    /// The exit-2 error for a format `command` cannot print; `supported` are those it can.
+    pub fn unsupported(self, command: &str, supported: &[Format]) -> crate::error::CliError {
+        let list: Vec<String> = supported.iter().map(|f| f.name()).collect();
+        crate::error::CliError::Input(format!(
+            "{command}: --format {} is not supported here (use {})",
+            self.name(),
+            list.join(" or ")
+        ))
     }
 }

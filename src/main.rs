@@ -8,6 +8,7 @@ mod commands;
 mod error;
 mod output;
 mod plot;
+mod render;
 
 use std::process::ExitCode;
 

@@ -24,6 +24,74 @@ pub struct ClientStats {
     pub max_ms: f64,
     /// Requests by the time they spent waiting for timeouts: `"1s"`, `"5s"`, …
     pub retry_classes: BTreeMap<String, u64>,
+    /// Latency of the answered requests in fixed buckets (the `prom` format's histogram).
+    pub latency_histogram: LatencyHistogram,
+}
+
+/// Upper bounds of the latency histogram's buckets: the bound as printed (seconds) and in ns.
+///
+/// Sub-millisecond bounds resolve a clean lookup; the bounds above 1 s put each retry
+/// class in its own bucket (SYN retransmissions after 1, 3, 7 s; resolver timeouts of
+/// 2.5 s (musl), 5, 10, 15 s), since a retried request takes the wait plus a little more.
+pub const LATENCY_BUCKETS: [(&str, Nanos); 19] = [
+    ("0.00025", 250_000),
+    ("0.0005", 500_000),
+    ("0.001", 1_000_000),
+    ("0.0025", 2_500_000),
+    ("0.005", 5_000_000),
+    ("0.01", 10_000_000),
+    ("0.025", 25_000_000),
+    ("0.05", 50_000_000),
+    ("0.1", 100_000_000),
+    ("0.25", 250_000_000),
+    ("0.5", 500_000_000),
+    ("1", 1_000_000_000),
+    ("2.5", 2_500_000_000),
+    ("5", 5_000_000_000),
+    ("7.5", 7_500_000_000),
+    ("10", 10_000_000_000),
+    ("15", 15_000_000_000),
+    ("30", 30_000_000_000),
+    ("60", 60_000_000_000),
+];
+
+/// A cumulative latency histogram with the fixed bounds of [`LATENCY_BUCKETS`], as
+/// Prometheus histograms are: each bucket counts the requests at or below its bound.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LatencyHistogram {
+    /// Answered requests with latency ≤ the bound, keyed by the bound in seconds, in
+    /// ascending order (the `+Inf` bucket is `count`).
+    #[serde(serialize_with = "ordered_map")]
+    pub buckets: Vec<(&'static str, u64)>,
+    /// Sum of the latencies (s).
+    pub sum_s: f64,
+    /// Answered requests.
+    pub count: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::of(&[])
+    }
+}
+
+impl LatencyHistogram {
+    /// The histogram of `latencies` (ns), sorted ascending.
+    pub fn of(sorted: &[Nanos]) -> Self {
+        let buckets =
+            LATENCY_BUCKETS.iter().map(|&(le, ns)| (le, sorted.partition_point(|&l| l <= ns) as u64)).collect();
+        let sum_ns: u128 = sorted.iter().map(|&l| u128::from(l)).sum();
+        Self { buckets, sum_s: sum_ns as f64 / 1e9, count: sorted.len() as u64 }
+    }
+}
+
+fn ordered_map<S: serde::Serializer>(pairs: &[(&'static str, u64)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        m.serialize_entry(k, v)?;
+    }
+    m.end()
 }
 
 impl ClientStats {
@@ -57,6 +125,7 @@ impl ClientStats {
             p99_ms: pct(0.99),
             max_ms: latencies.last().map_or(0.0, |&l| l as f64 / 1e6),
             retry_classes,
+            latency_histogram: LatencyHistogram::of(&latencies),
         }
     }
 }
@@ -85,5 +154,22 @@ mod tests {
         assert_eq!(s.retry_classes.get("0.5s"), Some(&1));
         let empty = ClientStats::summarize(0, vec![], 0, 0, []);
         assert_eq!(empty.p99_ms, 0.0);
+        assert_eq!(empty.latency_histogram.count, 0);
+    }
+
+    #[test]
+    fn histogram_is_cumulative_and_bounds_are_inclusive() {
+        // 1 ms exactly (on a bound), 5.0005 s (a 5 s retry), 70 s (past every bound).
+        let lat = vec![70_000_000_000, 1_000_000, 5_000_500_000];
+        let h = ClientStats::summarize(3, lat, 0, 1, []).latency_histogram;
+        assert_eq!(h.count, 3);
+        assert!((h.sum_s - 75.0015).abs() < 1e-9, "{}", h.sum_s);
+        let at = |le: &str| h.buckets.iter().find(|b| b.0 == le).unwrap().1;
+        assert_eq!((at("0.0005"), at("0.001"), at("5"), at("7.5"), at("60")), (0, 1, 1, 2, 2));
+        assert!(h.buckets.windows(2).all(|w| w[0].1 <= w[1].1));
+        // The printed bounds and the ns bounds agree.
+        for (le, ns) in LATENCY_BUCKETS {
+            assert_eq!((le.parse::<f64>().unwrap() * 1e9).round() as Nanos, ns);
+        }
     }
 }

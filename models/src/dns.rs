@@ -269,6 +269,8 @@ pub struct DnsReport {
     pub clients: ClientStats,
     /// Conntrack entries created for client queries (0 with a NOTRACK cache).
     pub conntrack_entries_created: u64,
+    /// Conntrack entries in the table when the run ended (`nf_conntrack_count`).
+    pub conntrack_entries: u64,
     /// Simulator totals.
     pub sim: RunStats,
 }
@@ -319,6 +321,7 @@ pub fn run(s: &DnsScenario, profile: KernelProfile) -> DnsReport {
         per_cpu: snap.per_cpu.iter().map(counters).collect(),
         clients: w.summary(),
         conntrack_entries_created: created,
+        conntrack_entries: table.count() as u64,
         sim: stats,
     }
 }

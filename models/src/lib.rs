@@ -3,6 +3,7 @@
 
 pub mod baseline;
 pub mod clients;
+pub mod diagnose;
 pub mod dns;
 pub mod explain;
 pub mod inputs;

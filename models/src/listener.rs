@@ -40,6 +40,8 @@ pub struct ListenerReport {
     pub per_cpu: Vec<BTreeMap<&'static str, u64>>,
     /// Connections as the clients saw them (`requests` = connections).
     pub clients: ClientStats,
+    /// Conntrack entries in the table when the run ended (`nf_conntrack_count`).
+    pub conntrack_entries: u64,
     /// Listener-side TCP counters (separate from conntrack's `drop`).
     pub tcp: TcpStats,
     /// Per client host.
@@ -93,6 +95,7 @@ pub fn run_listener<T: Tcp>(
         conntrack: counters(&snap.total()),
         per_cpu: snap.per_cpu.iter().map(counters).collect(),
         clients: w.summary(),
+        conntrack_entries: table.count() as u64,
         tcp: w.stats.clone(),
         hosts,
         analytic,

@@ -198,6 +198,8 @@ pub struct SnatReport {
     pub per_cpu: Vec<BTreeMap<&'static str, u64>>,
     /// Connections as the clients saw them (`requests` = connections).
     pub clients: ClientStats,
+    /// Conntrack entries in the table when the run ended (`nf_conntrack_count`).
+    pub conntrack_entries: u64,
     /// The port allocator.
     pub snat: SnatSection,
     /// Listener-side TCP counters.
@@ -371,6 +373,7 @@ pub fn run(s: &SnatScenario, profile: KernelProfile) -> SnatReport {
         conntrack: counters(&snap.total()),
         per_cpu: snap.per_cpu.iter().map(counters).collect(),
         clients: w.summary(),
+        conntrack_entries: table.count() as u64,
         snat: section,
         tcp: w.stats.clone(),
         analytic,

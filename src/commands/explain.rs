@@ -31,7 +31,7 @@ pub fn run<W: Write>(
     };
     let format = format.unwrap_or_else(default_format);
     if !matches!(format, Format::Json | Format::Table) {
-        return Err(format.unsupported("explain"));
+        return Err(format.unsupported("explain", &[Format::Table, Format::Json]));
     }
     let profile = KernelProfile::resolve(kernel.unwrap_or(r.default_kernel()))?;
     let e = explain(r, &profile);

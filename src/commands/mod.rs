@@ -1,6 +1,7 @@
 //! One module per subcommand; `run` dispatches.
 
 mod demo;
+mod diagnose;
 mod explain;
 pub mod inputs;
 mod profiles;
@@ -29,6 +30,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 &mut out,
                 sweep::Args { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format },
             )
+        }
+        Some(Command::Diagnose { file, kernel, no_verify, check, format }) => {
+            diagnose::run(&mut out, diagnose::Args { file, kernel, no_verify, check, format })
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Explain { race, kernel, format }) => explain::run(&mut out, &race, kernel.as_deref(), format),

@@ -16,7 +16,7 @@ pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<
         match format {
             Format::Table => write!(out, "{}", p.to_toml())?,
             Format::Json => json_line(out, "profile", &p)?,
-            f @ Format::Csv => return Err(f.unsupported("profiles")),
+            f => return Err(f.unsupported("profiles", &[Format::Table, Format::Json])),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -27,7 +27,6 @@ pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<
                 json_line(out, "profile_summary", &Summary::of(p))?;
             }
         }
-        f @ Format::Csv => return Err(f.unsupported("profiles")),
         Format::Table => {
             let mut t = Table::new(["kernel", "clash", "snat port search", "counters", "summary"]);
             for p in &all {
@@ -36,6 +35,7 @@ pub fn run<W: Write>(out: &mut W, show: Option<&str>, format: Format) -> Result<
             }
             t.write(out)?;
         }
+        f => return Err(f.unsupported("profiles", &[Format::Table, Format::Json])),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ use crate::cli::{Format, InputArgs};
 use crate::commands::inputs;
 use crate::error::CliError;
 use crate::output::json_line;
+use crate::render;
 
 /// Resolve a scenario argument: a built-in name, or a TOML file.
 pub fn load_scenario(spec: &str) -> Result<Scenario, CliError> {
@@ -59,7 +60,7 @@ pub fn run<W: Write>(
     if let Some(a) = &mut applied {
         a.refresh(&s, &profile);
     }
-    let report = s.run(profile);
+    let report = s.run(profile.clone());
     match format.unwrap_or_else(default_format) {
         Format::Json => match &applied {
             None => json_line(out, "summary", &report)?,
@@ -74,17 +75,41 @@ pub fn run<W: Write>(
                 json_line(out, "summary", &WithInputs { report: &report, inputs })?
             }
         },
-        f @ Format::Csv => return Err(f.unsupported("run")),
         Format::Table => match &report {
             Report::Dns(r) => write_dns(out, r)?,
             Report::Snat(r) => write_snat(out, r)?,
             Report::Listener(r) => write_listener(out, r)?,
         },
+        Format::Csv => render::csv::write(out, &report)?,
+        Format::Conntrack => render::conntrack::write(out, &counters_of(&report, &profile))?,
+        Format::Prom => {
+            let (scenario, kernel, seed, clients) = match &report {
+                Report::Dns(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+                Report::Snat(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+                Report::Listener(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
+            };
+            let e = render::prom::Exposition {
+                counters: counters_of(&report, &profile),
+                info: vec![("scenario", scenario.clone()), ("kernel", kernel.clone()), ("seed", seed.to_string())],
+                clients: Some(clients),
+            };
+            render::prom::write(out, &e)?
+        }
     }
     if let (Some(a), Format::Table) = (&applied, format.unwrap_or_else(default_format)) {
         write_inputs(out, a)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The counters of a run's report, for the machine renderers.
+fn counters_of<'a>(report: &'a Report, profile: &'a KernelProfile) -> render::Counters<'a> {
+    let (per_cpu, entries) = match report {
+        Report::Dns(r) => (&r.per_cpu, r.conntrack_entries),
+        Report::Snat(r) => (&r.per_cpu, r.conntrack_entries),
+        Report::Listener(r) => (&r.per_cpu, r.conntrack_entries),
+    };
+    render::Counters { per_cpu, profile, entries }
 }
 
 /// Table for a person at a terminal, JSON Lines for a pipe.

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::cli::{Format, StressWorkload};
 use crate::error::CliError;
 use crate::output::json_line;
+use crate::render;
 
 /// Everything `racetrack stress` was asked.
 pub struct Args {
@@ -213,6 +214,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     let (table, outcome, secs) = engine_run(a.threads, "racetrack");
     threads::check_invariants(&table).map_err(|e| CliError::Input(format!("invariant broken after the run: {e}")))?;
     let snap = table.stats();
+    let entries = table.count() as u64;
     let baselines = match baseline_workload.filter(|_| a.baselines) {
         None => None,
         Some(bw) => {
@@ -268,9 +270,20 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         scaling,
         interrupted: interrupted.load(Ordering::SeqCst),
     };
+    let counters = || render::Counters { per_cpu: &s.per_cpu, profile: &profile, entries };
     match a.format.unwrap_or_else(super::run::default_format) {
         Format::Json => json_line(out, "summary", &s)?,
-        f @ Format::Csv => return Err(f.unsupported("stress")),
+        Format::Csv => render::csv::write(out, &s)?,
+        Format::Conntrack => render::conntrack::write(out, &counters())?,
+        Format::Prom => {
+            let info = vec![
+                ("workload", s.workload.to_string()),
+                ("threads", s.threads.to_string()),
+                ("kernel", s.kernel.clone()),
+                ("seed", a.seed.to_string()),
+            ];
+            render::prom::write(out, &render::prom::Exposition { counters: counters(), info, clients: None })?
+        }
         Format::Table => {
             writeln!(
                 out,

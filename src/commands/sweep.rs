@@ -165,11 +165,11 @@ fn run_grid<W: Write>(
 /// The output for `--format`; `conntrack` and `prom` mean nothing for a grid.
 fn output_of(format: Option<Format>) -> Result<Output, CliError> {
     let format = format.unwrap_or_else(default_format);
-    match format.name().as_str() {
-        "table" => Ok(Output::Table),
-        "json" => Ok(Output::Json),
-        "csv" => Ok(Output::Csv),
-        other => Err(CliError::Input(format!("--format {other}: not available for `sweep` (table, json or csv)"))),
+    match format {
+        Format::Table => Ok(Output::Table),
+        Format::Json => Ok(Output::Json),
+        Format::Csv => Ok(Output::Csv),
+        f => Err(f.unsupported("sweep", &[Format::Table, Format::Json, Format::Csv])),
     }
 }
 
