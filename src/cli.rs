@@ -75,6 +75,9 @@ pub enum Command {
         /// Worker threads (default: one per core).
         #[arg(long)]
         threads: Option<usize>,
+        /// Files from a real node, applied to every point (before `--set` and `--over`).
+        #[command(flatten)]
+        inputs: InputArgs,
         /// Output format: table, json or csv (default: table on a terminal,
         /// json otherwise).
         #[arg(long, value_enum)]

@@ -301,3 +301,61 @@ fn a_second_over_key_splits_the_lines() {
         assert!(texts.iter().any(|t| t.trim() == want), "no {want:?} in {texts:?}");
     }
 }
+
+#[test]
+fn node_files_apply_to_every_point_and_every_kernel() {
+    let fixture = |f: &str| format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+    let (nat, sysctl) = (fixture("iptables-save.txt"), fixture("sysctl.txt"));
+    let o = sweep(&[
+        "dns",
+        "--over",
+        "clients.rate=100,400",
+        "--kernel",
+        "4.14,4.19",
+        "--iptables-save",
+        &nat,
+        "--sysctl",
+        &sysctl,
+        "--metric",
+        "conntrack.drop",
+        "--format",
+        "json",
+    ]);
+    let recs = records(&o);
+    assert!(stderr(&o).contains("ignored"), "the files' notes are shown: {}", stderr(&o));
+    assert_eq!(recs.len(), 5, "4 points and the summary");
+    for p in &recs[..4] {
+        let p = &p["data"];
+        let (rate, kernel) = (p["over"]["clients.rate"].to_string(), p["kernel"].as_str().unwrap());
+        let values = p["metrics"]["conntrack.drop"]["values"].as_array().unwrap();
+        // Each value is what `run` reports with the same files for that seed.
+        for (seed, v) in [1, 2].iter().zip(values) {
+            let r = racetrack(&[
+                "run",
+                "dns",
+                "--kernel",
+                kernel,
+                "--iptables-save",
+                &nat,
+                "--sysctl",
+                &sysctl,
+                "--set",
+                "clients.lookups=200",
+                "--set",
+                &format!("clients.rate={rate}"),
+                "--seed",
+                &seed.to_string(),
+                "--format",
+                "json",
+            ]);
+            assert!(r.status.success(), "{}", stderr(&r));
+            let summary: Value = serde_json::from_str(stdout(&r).trim()).unwrap();
+            assert_eq!(summary["data"]["inputs"]["parameters"]["service.endpoints"], 2);
+            assert_eq!(
+                v.as_f64().unwrap(),
+                summary["data"]["conntrack"]["drop"].as_f64().unwrap(),
+                "{kernel} {rate} {seed}"
+            );
+        }
+    }
+}

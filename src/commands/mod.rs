@@ -25,10 +25,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Some(Command::Run { scenario, kernel, sets, seed, inputs, format }) => {
             run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, &inputs, format)
         }
-        Some(Command::Sweep { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format }) => {
+        Some(Command::Sweep { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, inputs, format }) => {
             sweep::run(
                 &mut out,
-                sweep::Args { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, format },
+                sweep::Args { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, inputs, format },
             )
         }
         Some(Command::Diagnose { file, kernel, no_verify, check, format }) => {

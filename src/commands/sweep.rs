@@ -17,8 +17,9 @@ use racetrack_models::scenario::Scenario;
 use racetrack_models::sweep::{self, Axis, Interval, PointStats, Sample, Sweep, SweepKernel, Unit};
 use serde_json::{json, Value};
 
+use super::inputs;
 use super::run::{default_format, load_scenario};
-use crate::cli::Format;
+use crate::cli::{Format, InputArgs};
 use crate::error::CliError;
 use crate::output::{json_line, Table};
 use crate::plot;
@@ -34,6 +35,7 @@ pub struct Args {
     pub metrics: Vec<String>,
     pub plot: Option<PathBuf>,
     pub threads: Option<usize>,
+    pub inputs: InputArgs,
     pub format: Option<Format>,
 }
 
@@ -52,17 +54,31 @@ fn input<E: ToString>(e: E) -> CliError {
 pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     // Everything is checked before the first run.
     output_of(a.format)?;
-    let base = load_scenario(&a.scenario)?.with_sets(&a.sets).map_err(input)?;
+    // Scenario defaults, then the node's files, then `--set`, then `--over`.
+    let loaded = load_scenario(&a.scenario)?;
     let axes = a.over.iter().map(|o| Axis::parse(o)).collect::<Result<Vec<_>, _>>().map_err(input)?;
-    let specs = if a.kernel.is_empty() { vec![base.default_kernel().to_string()] } else { a.kernel.clone() };
+    let specs = if a.kernel.is_empty() { vec![loaded.default_kernel().to_string()] } else { a.kernel.clone() };
+    let files = inputs::load(&a.inputs)?;
+    let mut with_files = None;
     let mut kernels = Vec::new();
     for spec in specs {
         let spec = spec.trim().to_string();
         if kernels.iter().any(|k: &SweepKernel| k.label == spec) {
             return Err(CliError::Input(format!("--kernel: `{spec}` given twice")));
         }
-        kernels.push(SweepKernel { profile: KernelProfile::resolve(&spec)?, label: spec });
+        let mut profile = KernelProfile::resolve(&spec)?;
+        // The files set the same scenario keys whatever the kernel; their
+        // sysctls change each kernel's profile. Notes are printed once.
+        let mut s = loaded.clone();
+        if with_files.is_none() {
+            inputs::apply(&mut s, &mut profile, &a.inputs)?;
+            with_files = Some(s);
+        } else if !files.is_empty() {
+            racetrack_models::inputs::apply_inputs(&mut s, &mut profile, &files).map_err(input)?;
+        }
+        kernels.push(SweepKernel { profile, label: spec });
     }
+    let base = with_files.unwrap_or(loaded).with_sets(&a.sets).map_err(input)?;
     if a.threads == Some(0) {
         return Err(CliError::Input("--threads: must be at least 1".into()));
     }
