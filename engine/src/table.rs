@@ -1101,16 +1101,13 @@ impl Conntrack {
                     }
                 }
                 L4Proto::Icmp => sp.icmp,
-                L4Proto::Tcp => {
-                    if flags.syn && !flags.ack && !reply && matches!(tcp, TcpState::TimeWait | TcpState::Close) {
-                        return self.kill_then(hit.conn, at, Update::Reopen);
+                L4Proto::Tcp => match self.tcp_step(tcp, &mut status, reply, flags) {
+                    Some((next, timeout)) => {
+                        tcp = next;
+                        timeout
                     }
-                    tcp = tcp_transition(tcp, reply, flags);
-                    if tcp == TcpState::Established {
-                        status.insert(Status::ASSURED);
-                    }
-                    sp.tcp(tcp)
-                }
+                    None => return self.kill_then(hit.conn, at, Update::Reopen),
+                },
             };
             let expires =
                 if status.contains(Status::FIXED_TIMEOUT) { state::expires(w) } else { now.wrapping_add(timeout) };
@@ -1123,6 +1120,22 @@ impl Conntrack {
                 Err(cur) => w = cur,
             }
         }
+    }
+
+    /// The TCP tracker's step for one packet: the next state and its
+    /// timeout, or `None` when a SYN meets a closed connection, which must be
+    /// removed and created again. Out of line so the UDP refresh, the common
+    /// case, does not pay for the TCP flag logic.
+    #[inline(never)]
+    fn tcp_step(&self, tcp: TcpState, status: &mut Status, reply: bool, flags: TcpFlags) -> Option<(TcpState, u32)> {
+        if flags.syn && !flags.ack && !reply && matches!(tcp, TcpState::TimeWait | TcpState::Close) {
+            return None;
+        }
+        let tcp = tcp_transition(tcp, reply, flags);
+        if tcp == TcpState::Established {
+            status.insert(Status::ASSURED);
+        }
+        Some((tcp, self.spans.tcp(tcp)))
     }
 
     /// Every confirmed connection, each once (for reports and invariant checks).
