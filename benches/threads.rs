@@ -23,7 +23,7 @@ fn threads(c: &mut Criterion) {
     ] {
         for n in [1usize, 2] {
             g.throughput(Throughput::Elements(n as u64));
-            let cfg = StressConfig { threads: n, workload, flows: FLOWS, batch: 1 << 14, ..StressConfig::default() };
+            let cfg = StressConfig { threads: n, workload, flows: FLOWS, batch: 1024, ..StressConfig::default() };
             g.bench_function(BenchmarkId::new(format!("{name}/racetrack"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let t = Conntrack::new(preset("6.1").unwrap(), n, 1);

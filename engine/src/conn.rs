@@ -106,16 +106,19 @@ pub enum TcpState {
 
 impl TcpState {
     pub(crate) fn from_bits(b: u8) -> Self {
-        match b {
-            1 => TcpState::SynSent,
-            2 => TcpState::SynRecv,
-            3 => TcpState::Established,
-            4 => TcpState::FinWait,
-            5 => TcpState::LastAck,
-            6 => TcpState::TimeWait,
-            7 => TcpState::Close,
-            _ => TcpState::None,
-        }
+        // A table, not a match: this is on the lookup-hit path. Only 0..=7 are
+        // ever stored.
+        const BY_BITS: [TcpState; 8] = [
+            TcpState::None,
+            TcpState::SynSent,
+            TcpState::SynRecv,
+            TcpState::Established,
+            TcpState::FinWait,
+            TcpState::LastAck,
+            TcpState::TimeWait,
+            TcpState::Close,
+        ];
+        BY_BITS[usize::from(b & 7)]
     }
 }
 

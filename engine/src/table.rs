@@ -441,7 +441,10 @@ impl Conntrack {
     // ----- lockless node reads -------------------------------------------------
 
     /// Read a node of family `K`, and the rest of its entry if its tuple equals `key`.
-    #[inline]
+    ///
+    /// A node whose tuple differs costs the `seq` pair, the tuple words up to
+    /// the first difference and the link: the common step of a chain walk.
+    #[inline(always)]
     fn read_node<K: FamilyKey>(&self, link: u32, key: Option<&K>) -> Result<(Node, Option<(Nanos, K)>), Restart> {
         let (idx, dir) = decode(link);
         let slot = K::slab(self).slot(idx);
@@ -449,16 +452,30 @@ impl Conntrack {
         if s1 & 1 != 0 {
             return Err(Restart);
         }
-        let matched = key.is_some_and(|k| slot.tuple_eq(dir, k));
+        let node = |next, state| Node {
+            next,
+            conn: Self::conn::<K>(idx, s1),
+            dir: if dir == 0 { Dir::Original } else { Dir::Reply },
+            state,
+        };
+        if key.is_some_and(|k| slot.tuple_eq(dir, k)) {
+            let next = slot.next[dir].load(Ordering::Acquire);
+            let state = slot.state.load(Ordering::Acquire);
+            let created = slot.created.load(Ordering::Acquire);
+            let other = slot.tuple(1 - dir);
+            // Every load above is Acquire, so this one cannot move before them.
+            if slot.seq.load(Ordering::Relaxed) != s1 {
+                return Err(Restart);
+            }
+            return Ok((node(next, state), Some((created, other))));
+        }
         let next = slot.next[dir].load(Ordering::Acquire);
-        let state = slot.state.load(Ordering::Acquire);
-        let rest = if matched { Some((slot.created.load(Ordering::Acquire), slot.tuple(1 - dir))) } else { None };
-        // Every load above is Acquire, so this one cannot move before them.
+        // A walk that only passes this node needs its link, not its state.
+        let state = if key.is_some() { 0 } else { slot.state.load(Ordering::Acquire) };
         if slot.seq.load(Ordering::Relaxed) != s1 {
             return Err(Restart);
         }
-        let dir = if dir == 0 { Dir::Original } else { Dir::Reply };
-        Ok((Node { next, conn: Self::conn::<K>(idx, s1), dir, state }, rest))
+        Ok((node(next, state), None))
     }
 
     /// Read any node, whatever its family.
@@ -474,6 +491,7 @@ impl Conntrack {
     /// Walk bucket `b` without locks, calling `visit` on each live, unexpired
     /// node whose tuple equals `key` until it returns `true`. Expired
     /// connections met on the way are removed (`nf_ct_gc_expired`).
+    #[inline(always)]
     fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, mut visit: impl FnMut(Matched<K>) -> bool) {
         let now = self.jiffies(at.now);
         'restart: loop {
@@ -501,7 +519,7 @@ impl Conntrack {
                     continue;
                 }
                 if is_expired(state::expires(node.state), now) {
-                    self.kill(node.conn, at);
+                    self.kill_then(node.conn, at, ());
                     continue;
                 }
                 if visit(Matched { node, created, other }) {
@@ -517,6 +535,7 @@ impl Conntrack {
     }
 
     /// The caller's `matched` is the tuple that was looked up, unpacked already.
+    #[inline(always)]
     fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, now: Nanos) -> Hit {
         let (orig, reply) = match m.node.dir {
             Dir::Original => (matched, m.other.unpack()),
@@ -549,13 +568,16 @@ impl Conntrack {
     fn lookup_k<K: FamilyKey>(&self, tuple: &Tuple, key: &K, at: At) -> Option<Hit> {
         let mut found = None;
         self.walk(self.bucket(self.hash(key)), key, at, |m| {
-            found = Some(self.hit(&m, *tuple, at.now));
+            found = Some(m);
             true
         });
-        if found.is_some() && self.profile.counters.found_on_lookup {
+        // Build the `Hit` once, outside the walk: it is the largest value on
+        // this path and every move of it costs.
+        let m = found?;
+        if self.profile.counters.found_on_lookup {
             self.stats.inc(at.cpu, Stat::Found);
         }
-        found
+        Some(self.hit(&m, *tuple, at.now))
     }
 
     /// Allocate a new, unconfirmed connection for a packet whose tuple
@@ -870,6 +892,17 @@ impl Conntrack {
         }
     }
 
+    /// `kill`, kept out of line: the packet paths that call it (expiry met
+    /// on a lookup, a reply consuming a NAT_CLASH entry, a SYN reopening a
+    /// closed connection) are rare, and inlined it made every lookup and
+    /// update save and restore more registers.
+    #[cold]
+    #[inline(never)]
+    fn kill_then<T>(&self, conn: ConnRef, at: At, then: T) -> T {
+        self.kill(conn, at);
+        then
+    }
+
     fn kill_k<K: FamilyKey>(&self, conn: ConnRef, at: At) -> bool {
         let slab = K::slab(self);
         let slot = slab.slot(conn.idx);
@@ -1047,8 +1080,7 @@ impl Conntrack {
             }
             if reply && status.contains(Status::NAT_CLASH) {
                 // The first reply consumes a NAT_CLASH entry.
-                self.kill(hit.conn, at);
-                return Update::ClashEntryConsumed;
+                return self.kill_then(hit.conn, at, Update::ClashEntryConsumed);
             }
             if reply {
                 status.insert(Status::SEEN_REPLY);
@@ -1069,17 +1101,13 @@ impl Conntrack {
                     }
                 }
                 L4Proto::Icmp => sp.icmp,
-                L4Proto::Tcp => {
-                    if flags.syn && !flags.ack && !reply && matches!(tcp, TcpState::TimeWait | TcpState::Close) {
-                        self.kill(hit.conn, at);
-                        return Update::Reopen;
+                L4Proto::Tcp => match self.tcp_step(tcp, &mut status, reply, flags) {
+                    Some((next, timeout)) => {
+                        tcp = next;
+                        timeout
                     }
-                    tcp = tcp_transition(tcp, reply, flags);
-                    if tcp == TcpState::Established {
-                        status.insert(Status::ASSURED);
-                    }
-                    sp.tcp(tcp)
-                }
+                    None => return self.kill_then(hit.conn, at, Update::Reopen),
+                },
             };
             let expires =
                 if status.contains(Status::FIXED_TIMEOUT) { state::expires(w) } else { now.wrapping_add(timeout) };
@@ -1092,6 +1120,22 @@ impl Conntrack {
                 Err(cur) => w = cur,
             }
         }
+    }
+
+    /// The TCP tracker's step for one packet: the next state and its
+    /// timeout, or `None` when a SYN meets a closed connection, which must be
+    /// removed and created again. Out of line so the UDP refresh, the common
+    /// case, does not pay for the TCP flag logic.
+    #[inline(never)]
+    fn tcp_step(&self, tcp: TcpState, status: &mut Status, reply: bool, flags: TcpFlags) -> Option<(TcpState, u32)> {
+        if flags.syn && !flags.ack && !reply && matches!(tcp, TcpState::TimeWait | TcpState::Close) {
+            return None;
+        }
+        let tcp = tcp_transition(tcp, reply, flags);
+        if tcp == TcpState::Established {
+            status.insert(Status::ASSURED);
+        }
+        Some((tcp, self.spans.tcp(tcp)))
     }
 
     /// Every confirmed connection, each once (for reports and invariant checks).

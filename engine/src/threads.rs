@@ -3,9 +3,11 @@
 //! The simulator predicts races deterministically; this shows the same
 //! races with the hardware's own interleavings, and measures how fast the
 //! table is. Each worker stands for a CPU (its index selects the per-CPU
-//! counters) and is fed batches of work over a crossbeam channel; the caller
-//! decides when to stop through a `keep_going` callback, so this module
-//! reads no clock (the CLI times the run).
+//! counters). The `pair` workers are fed batches of rounds over a crossbeam
+//! channel, so both race the same rounds; the other workloads run until a
+//! stop flag is set, driven exactly as the baselines in `models::baseline`
+//! are. The caller decides when to stop through a `keep_going` callback, so
+//! this module reads no clock (the CLI times the run).
 //!
 //! Each worker keeps its own virtual clock, advanced a fixed step per
 //! operation, so connections expire and GC and early drop run under load.
@@ -19,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nat::dnat::{Dnat, Endpoint, Selector};
 use crate::nat::snat::{Allocator, Rovers, Snat, SnatFlags};
-use crate::sync::{AtomicU64, AtomicUsize, CachePadded, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, CachePadded, Ordering};
 use crate::table::{Confirm, Conntrack};
 use crate::{At, ConnRef, Hit, Nanos, TcpFlags, Tuple};
 
@@ -55,7 +57,9 @@ pub struct StressConfig {
     pub snat_flags: SnatFlags,
     /// Established flows for `lookup` and `mixed`; live flows per worker for `snat`.
     pub flows: u32,
-    /// Operations per batch handed to a worker (rounds, for `pair`).
+    /// `pair`: rounds per batch the feeding thread hands each racing worker.
+    /// The other workloads: operations a worker runs between two looks at
+    /// the stop flag (and two updates of its published count).
     pub batch: u64,
     /// Seed for each worker's generator (worker `i` uses `seed + i`).
     pub seed: u64,
@@ -190,25 +194,56 @@ pub fn run(table: &Conntrack, cfg: &StressConfig, mut keep_going: impl FnMut(u64
         preload(table, cfg);
     }
     let mut outcome = StressOutcome::default();
+    if cfg.workload == Workload::Pair {
+        run_fed(cfg, &done, &mut keep_going, |w| {
+            let mut worker = Worker::new(table, cfg, w, threads);
+            let (barrier, dnat, races) = (&barrier, &dnat, &races[w]);
+            move |rounds: u64| match (threads >= 2, w < 2) {
+                (true, true) => worker.pair(rounds, barrier, dnat, races),
+                // Only the first two workers race; the others stay idle.
+                (true, false) => 0,
+                (false, _) => worker.pair_alone(rounds, dnat, races),
+            }
+        });
+    } else {
+        run_until_stopped(cfg, &done, &mut keep_going, |w| {
+            let mut worker = Worker::new(table, cfg, w, threads);
+            let rovers = &rovers;
+            move |n: u64| match cfg.workload {
+                Workload::Snat => worker.snat(n, rovers),
+                Workload::Lookup => worker.lookup(n),
+                Workload::Mixed => worker.mixed(n),
+                Workload::Pair => unreachable!("pair is fed"),
+            }
+        });
+    }
+    outcome.per_worker = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
+    outcome.ops = outcome.per_worker.iter().sum();
+    let sum = |i: usize| races.iter().map(|r| r[i].load(Ordering::Relaxed)).sum::<u64>();
+    outcome.races =
+        Races { rounds: sum(0), clashed: sum(1), merged: sum(2), nat_clash: sum(3), dropped: sum(4), found: sum(5) };
+    outcome
+}
+
+/// Drive `pair`: the feeding thread hands every worker the same batches of
+/// rounds over a channel, so the two racing workers always run the same
+/// number of rounds and meet at the same barriers.
+fn run_fed<F: FnMut(u64) -> u64>(
+    cfg: &StressConfig,
+    done: &[CachePadded<AtomicU64>],
+    keep_going: &mut impl FnMut(u64) -> bool,
+    make: impl Fn(usize) -> F + Sync,
+) {
     std::thread::scope(|s| {
-        let mut feeds: Vec<Sender<u64>> = Vec::with_capacity(threads);
-        for w in 0..threads {
+        let mut feeds: Vec<Sender<u64>> = Vec::with_capacity(done.len());
+        for (w, done) in done.iter().enumerate() {
             let (tx, rx): (Sender<u64>, Receiver<u64>) = bounded(2);
             feeds.push(tx);
-            let (done, barrier, dnat, rovers, races) = (&done[w], &barrier, &dnat, &rovers, &races[w]);
+            let make = &make;
             s.spawn(move || {
-                let mut worker = Worker::new(table, cfg, w, threads);
+                let mut step = make(w);
                 for batch in rx {
-                    let n = match cfg.workload {
-                        // Only the first two workers race; the others stay idle.
-                        Workload::Pair if w < 2 && threads >= 2 => worker.pair(batch, barrier, dnat, races),
-                        Workload::Pair if threads < 2 => worker.pair_alone(batch, dnat, races),
-                        Workload::Pair => 0,
-                        Workload::Snat => worker.snat(batch, rovers),
-                        Workload::Lookup => worker.lookup(batch),
-                        Workload::Mixed => worker.mixed(batch),
-                    };
-                    done.fetch_add(n, Ordering::Relaxed);
+                    done.fetch_add(step(batch), Ordering::Relaxed);
                 }
             });
         }
@@ -226,12 +261,37 @@ pub fn run(table: &Conntrack, cfg: &StressConfig, mut keep_going: impl FnMut(u64
         }
         drop(feeds);
     });
-    outcome.per_worker = done.iter().map(|d| d.load(Ordering::Relaxed)).collect();
-    outcome.ops = outcome.per_worker.iter().sum();
-    let sum = |i: usize| races.iter().map(|r| r[i].load(Ordering::Relaxed)).sum::<u64>();
-    outcome.races =
-        Races { rounds: sum(0), clashed: sum(1), merged: sum(2), nat_clash: sum(3), dropped: sum(4), found: sum(5) };
-    outcome
+}
+
+/// Drive the other workloads as the baselines (`models::baseline`) are
+/// driven: every worker runs batches of `cfg.batch` operations until a stop
+/// flag is set, publishing its count after each; this thread looks at the
+/// count every millisecond. No worker ever waits for this thread: with a
+/// feed, a worker that had emptied it waited until a busy machine got round
+/// to scheduling the feeding thread again.
+fn run_until_stopped<F: FnMut(u64) -> u64>(
+    cfg: &StressConfig,
+    done: &[CachePadded<AtomicU64>],
+    keep_going: &mut impl FnMut(u64) -> bool,
+    make: impl Fn(usize) -> F + Sync,
+) {
+    let stop = AtomicBool::new(false);
+    let batch = cfg.batch.max(1);
+    std::thread::scope(|s| {
+        for (w, done) in done.iter().enumerate() {
+            let (make, stop) = (&make, &stop);
+            s.spawn(move || {
+                let mut step = make(w);
+                while !stop.load(Ordering::Relaxed) {
+                    done.fetch_add(step(batch), Ordering::Relaxed);
+                }
+            });
+        }
+        while keep_going(done.iter().map(|d| d.load(Ordering::Relaxed)).sum()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
 }
 
 /// Established flows for `lookup` and `mixed`, spread over the workers.
@@ -258,6 +318,9 @@ struct Worker<'t> {
     rng: Pcg64Mcg,
     now: Nanos,
     next: u64,
+    /// This worker's share of the established flows (computed once: a
+    /// division per packet was a tenth of the `lookup` loop).
+    per: u64,
     /// Flows this worker created and will close (snat, mixed).
     ring: Vec<Option<ConnRef>>,
     ring_at: usize,
@@ -274,6 +337,7 @@ impl<'t> Worker<'t> {
             rng: Pcg64Mcg::seed_from_u64(cfg.seed + w as u64),
             now: 0,
             next: 0,
+            per: u64::from(cfg.flows) / threads.max(1) as u64,
             ring,
             ring_at: 0,
         }
@@ -407,11 +471,10 @@ impl<'t> Worker<'t> {
 
     /// A packet of one of the established flows (this worker's share).
     fn established(&mut self) {
-        let per = u64::from(self.cfg.flows) / self.threads as u64;
-        if per == 0 {
+        if self.per == 0 {
             return;
         }
-        let t = flow(self.w, self.rng.random_range(0..per));
+        let t = flow(self.w, self.rng.random_range(0..self.per));
         let at = self.at();
         if let Some(h) = self.table.lookup(&t, at) {
             self.table.update(&h, TcpFlags::default(), at);

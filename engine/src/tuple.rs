@@ -184,13 +184,17 @@ fn pack_l4(t: &Tuple) -> u64 {
     u64::from(t.sport) | u64::from(t.dport) << 16 | u64::from(t.proto.number()) << 32
 }
 
+/// The protocol for each number [`pack_l4`] may store: a table, because
+/// every lookup hit unpacks a tuple.
+const PROTO_BY_NUMBER: [L4Proto; 256] = {
+    let mut t = [L4Proto::Icmp; 256];
+    t[L4Proto::Tcp.number() as usize] = L4Proto::Tcp;
+    t[L4Proto::Udp.number() as usize] = L4Proto::Udp;
+    t
+};
+
 fn unpack_l4(w: u64) -> (L4Proto, u16, u16) {
-    let proto = match (w >> 32) as u8 {
-        6 => L4Proto::Tcp,
-        17 => L4Proto::Udp,
-        _ => L4Proto::Icmp,
-    };
-    (proto, w as u16, (w >> 16) as u16)
+    (PROTO_BY_NUMBER[usize::from((w >> 32) as u8)], w as u16, (w >> 16) as u16)
 }
 
 /// An IPv4 tuple in two words.

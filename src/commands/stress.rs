@@ -173,9 +173,9 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         endpoints: a.endpoints,
         snat_flags: SnatFlags { random: false, random_fully: a.random_fully },
         flows: a.flows,
-        // Batches of a few milliseconds: the feeding thread then sleeps on a
-        // full channel instead of competing with the workers for the cores.
-        batch: if workload == Workload::Pair { 1024 } else { 65536 },
+        // Rounds per feed for `pair`; for the others, operations between two
+        // looks at the stop flag, as many as the baselines run between theirs.
+        batch: 1024,
         seed: a.seed,
     };
     let baseline_workload = match workload {
