@@ -359,3 +359,50 @@ fn node_files_apply_to_every_point_and_every_kernel() {
         }
     }
 }
+
+#[test]
+fn prom_has_a_mean_and_a_half_width_per_point_and_metric() {
+    let o = sweep(&[
+        "dns",
+        "--over",
+        "service.endpoints=1,3",
+        "--kernel",
+        "4.14",
+        "--metric",
+        "conntrack.drop",
+        "--metric",
+        "clients.p99_ms",
+        "--format",
+        "prom",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
+    let json = records(&sweep(&[
+        "dns",
+        "--over",
+        "service.endpoints=1,3",
+        "--kernel",
+        "4.14",
+        "--metric",
+        "conntrack.drop",
+        "--metric",
+        "clients.p99_ms",
+        "--format",
+        "json",
+    ]));
+    // 2 points × 2 metrics, for each of the two families.
+    assert_eq!(scrape.samples.len(), 8, "{text}");
+    for s in &scrape.samples {
+        let prometheus_parse::Value::Gauge(v) = s.value else { panic!("{:?}", s.value) };
+        let endpoints: i64 = s.labels.get("over_service_endpoints").unwrap().parse().unwrap();
+        let point = json.iter().find(|r| r["data"]["over"]["service.endpoints"] == endpoints).unwrap();
+        let field = if s.metric == "racetrack_sweep_mean" { "mean" } else { "half_width" };
+        let want = point["data"]["metrics"][s.labels.get("metric").unwrap()][field].as_f64().unwrap();
+        assert!((v - want).abs() <= 1e-9 * want.abs().max(1.0), "{} {v} vs {want}", s.metric);
+        assert_eq!(s.labels.get("kernel"), Some("4.14"));
+    }
+    let o = sweep(&["dns", "--over", "service.endpoints=1,3", "--format", "conntrack"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("use table or json or csv or prom"), "{}", stderr(&o));
+}

@@ -45,6 +45,7 @@ enum Output {
     Table,
     Json,
     Csv,
+    Prom,
 }
 
 fn input<E: ToString>(e: E) -> CliError {
@@ -169,6 +170,7 @@ fn run_grid<W: Write>(
         Output::Table => view.table(out)?,
         Output::Json => view.json(out)?,
         Output::Csv => view.csv(out)?,
+        Output::Prom => out.write_all(view.prom().as_bytes())?,
     }
     if let Some((path, file)) = plot_file.as_mut() {
         let svg = plot::svg(&view.chart()).map_err(|m| CliError::Io(std::io::Error::other(m)))?;
@@ -185,7 +187,9 @@ fn output_of(format: Option<Format>) -> Result<Output, CliError> {
         Format::Table => Ok(Output::Table),
         Format::Json => Ok(Output::Json),
         Format::Csv => Ok(Output::Csv),
-        f => Err(f.unsupported("sweep", &[Format::Table, Format::Json, Format::Csv])),
+        Format::Prom => Ok(Output::Prom),
+        // `conntrack -S` describes one node's counters, not a grid of runs.
+        f => Err(f.unsupported("sweep", &[Format::Table, Format::Json, Format::Csv, Format::Prom])),
     }
 }
 
@@ -392,6 +396,35 @@ impl View<'_> {
         }
         w.flush()?;
         Ok(())
+    }
+
+    /// Prometheus exposition: per point and metric, the mean and the
+    /// interval's half-width as gauges, labelled with the point's values.
+    fn prom(&self) -> String {
+        use crate::render::prom::{family, label};
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let families = [
+            ("racetrack_sweep_mean", "Mean over the seeds of a sweep metric, per grid point."),
+            ("racetrack_sweep_half_width", "Half-width of the 95 % interval of that mean (absent with one seed)."),
+        ];
+        for (i, (name, help)) in families.iter().enumerate() {
+            family(&mut s, name, "gauge", help);
+            for (p, stats) in self.stats.iter().enumerate() {
+                let mut labels = format!("scenario=\"{}\",kernel=\"{}\"", self.scenario, label(self.kernel(p)));
+                for (k, v) in self.over_values(p) {
+                    let k: String = k.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+                    let _ = write!(labels, ",over_{k}=\"{}\"", label(v));
+                }
+                for (key, iv) in &stats.metrics {
+                    let value = if i == 0 { Some(iv.mean) } else { iv.half_width };
+                    if let Some(v) = value {
+                        let _ = writeln!(s, "{name}{{{labels},metric=\"{}\"}} {v}", label(key));
+                    }
+                }
+            }
+        }
+        s
     }
 
     /// The first metric against the first axis: one series per kernel and

@@ -34,11 +34,12 @@ pub struct Exposition<'a> {
 }
 
 /// Escape a label value (backslash, double quote, newline).
-fn label(v: &str) -> String {
+pub(crate) fn label(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
-fn family(s: &mut String, name: &str, kind: &str, help: &str) {
+/// `# HELP` and `# TYPE` of a metric family.
+pub(crate) fn family(s: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(s, "# HELP {name} {help}");
     let _ = writeln!(s, "# TYPE {name} {kind}");
 }
