@@ -15,8 +15,10 @@
 //!   file excerpts, sample output.
 //!
 //! `cargo run --release --` and `cargo run --release` stand for `racetrack`.
-//! Lines that run cargo itself (`cargo bench`, `cargo test`) and the test
-//! script are what CI runs around this test, so they are not run here.
+//! A line ending in `\` continues on the next. Lines that run cargo itself
+//! (`cargo bench`, `cargo test`) and the test script are what CI runs around
+//! this test, and profiler recipes (`valgrind`, `perf`) are how the figures
+//! of docs/performance.md were measured: those are not run here.
 //!
 //! Commands run with bash in a scratch directory (so `> mine.toml` lands
 //! there), with `racetrack` on `PATH` and the repository's `tests/` and
@@ -52,6 +54,11 @@ fn markdown_files(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Lines that are recipes for measuring or for the checks around this test:
+/// cargo itself (`cargo bench`, `cargo test`), the test script, and the
+/// profilers whose results are the figures of docs/performance.md.
+const MEASUREMENT: &[&str] = &["cargo ", "./scripts/", "valgrind ", "callgrind_annotate ", "perf "];
+
 /// The command a documented line stands for, or `None` if it is not run here.
 fn normalise(line: &str) -> Option<String> {
     let l = line.trim();
@@ -62,7 +69,7 @@ fn normalise(line: &str) -> Option<String> {
     } else {
         l.to_string()
     };
-    if l.is_empty() || l.starts_with('#') || l.starts_with("cargo ") || l.starts_with("./scripts/") {
+    if l.is_empty() || l.starts_with('#') || MEASUREMENT.iter().any(|m| l.starts_with(m)) {
         return None;
     }
     Some(l)
@@ -73,6 +80,7 @@ fn commands(root: &Path, path: &Path) -> Vec<Cmd> {
     let file = path.strip_prefix(root).unwrap().display().to_string();
     let mut cmds: Vec<Cmd> = Vec::new();
     let mut fence: Option<(bool, bool, bool)> = None; // (runs, console, compare)
+    let mut pending: Option<(usize, String)> = None;
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         if let Some(info) = trimmed.strip_prefix("```") {
@@ -100,6 +108,17 @@ fn commands(root: &Path, path: &Path) -> Vec<Cmd> {
                     e.push(line.trim_end().to_string());
                 }
             }
+        } else if let Some(start) = pending.take() {
+            // The rest of a command continued with `\`.
+            let (line_no, mut text): (usize, String) = start;
+            text.push_str(line.trim_end().trim_end_matches('\\'));
+            if line.trim_end().ends_with('\\') {
+                pending = Some((line_no, text));
+            } else if let Some(text) = normalise(&text) {
+                cmds.push(Cmd { file: file.clone(), line: line_no, text, expect: None });
+            }
+        } else if line.trim_end().ends_with('\\') {
+            pending = Some((i + 1, line.trim_end().trim_end_matches('\\').to_string()));
         } else if let Some(text) = normalise(line) {
             cmds.push(Cmd { file: file.clone(), line: i + 1, text, expect: None });
         }
@@ -212,16 +231,16 @@ fn the_harness_parses_blocks_as_documented() {
         &page,
         "```console\n$ racetrack run dns\nout 1\n...\n$ cargo run --release -- profiles\n```\n\
          ```text\nracetrack run SCENARIO\n```\n\
-         ```sh\n# a comment\ncargo run --release\ncargo bench\n./scripts/test\n```\n\
+         ```sh\n# a comment\ncargo run --release\ncargo bench\n./scripts/test\nvalgrind x \\\n  y\nracetrack run \\\n  dns\n```\n\
          ```console ignore-output\n$ racetrack stress\nops 1\n```\n",
     )
     .unwrap();
     let cmds = commands(&dir, &page);
     let texts: Vec<&str> = cmds.iter().map(|c| c.text.as_str()).collect();
-    assert_eq!(texts, ["racetrack run dns", "racetrack profiles", "racetrack", "racetrack stress"]);
+    assert_eq!(texts, ["racetrack run dns", "racetrack profiles", "racetrack", "racetrack run   dns", "racetrack stress"]);
     assert_eq!(cmds[0].expect.as_deref(), Some(&["out 1".to_string(), "...".to_string()][..]));
     assert_eq!(cmds[1].expect, None, "shown without output");
-    assert_eq!(cmds[3].expect, None, "ignore-output");
+    assert_eq!(cmds[4].expect, None, "ignore-output");
     assert_eq!(cmds[0].line, 2);
     let _ = std::fs::remove_dir_all(&dir);
 
