@@ -237,7 +237,10 @@ fn the_harness_parses_blocks_as_documented() {
     .unwrap();
     let cmds = commands(&dir, &page);
     let texts: Vec<&str> = cmds.iter().map(|c| c.text.as_str()).collect();
-    assert_eq!(texts, ["racetrack run dns", "racetrack profiles", "racetrack", "racetrack run   dns", "racetrack stress"]);
+    assert_eq!(
+        texts,
+        ["racetrack run dns", "racetrack profiles", "racetrack", "racetrack run   dns", "racetrack stress"]
+    );
     assert_eq!(cmds[0].expect.as_deref(), Some(&["out 1".to_string(), "...".to_string()][..]));
     assert_eq!(cmds[1].expect, None, "shown without output");
     assert_eq!(cmds[4].expect, None, "ignore-output");

@@ -362,35 +362,14 @@ fn node_files_apply_to_every_point_and_every_kernel() {
 
 #[test]
 fn prom_has_a_mean_and_a_half_width_per_point_and_metric() {
-    let o = sweep(&[
-        "dns",
-        "--over",
-        "service.endpoints=1,3",
-        "--kernel",
-        "4.14",
-        "--metric",
-        "conntrack.drop",
-        "--metric",
-        "clients.p99_ms",
-        "--format",
-        "prom",
-    ]);
+    let grid = ["dns", "--over", "service.endpoints=1,3", "--kernel", "4.14"];
+    let metrics = ["--metric", "conntrack.drop", "--metric", "clients.p99_ms"];
+    let with_format = |f: &str| sweep(&[&grid[..], &metrics[..], &["--format", f]].concat());
+    let o = with_format("prom");
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition");
-    let json = records(&sweep(&[
-        "dns",
-        "--over",
-        "service.endpoints=1,3",
-        "--kernel",
-        "4.14",
-        "--metric",
-        "conntrack.drop",
-        "--metric",
-        "clients.p99_ms",
-        "--format",
-        "json",
-    ]));
+    let json = records(&with_format("json"));
     // 2 points × 2 metrics, for each of the two families.
     assert_eq!(scrape.samples.len(), 8, "{text}");
     for s in &scrape.samples {
