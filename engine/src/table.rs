@@ -88,6 +88,13 @@ mod state {
     }
 }
 
+/// The 128-bit product of `a` and `b`, its two halves xored.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
 /// `(s32)(expires - now) <= 0`, as the kernel's `nf_ct_is_expired`.
 #[inline]
 fn is_expired(expires: u32, now: u32) -> bool {
@@ -284,7 +291,8 @@ pub struct Conntrack {
     count: CachePadded<AtomicUsize>,
     gc_cursor: CachePadded<AtomicUsize>,
     stats: Stats,
-    hasher: ahash::RandomState,
+    /// The hash key, drawn from the seed (the kernel's `nf_conntrack_hash_rnd`).
+    hash_key: [u64; 4],
     max: usize,
     jiffies: Jiffies,
     spans: Spans,
@@ -328,7 +336,7 @@ impl Conntrack {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let hasher = ahash::RandomState::with_seeds(next(), next(), next(), next());
+        let hash_key = [next(), next(), next(), next()];
         let jiffies = Jiffies::new(profile.conntrack.hz);
         let spans = Spans::new(&jiffies, &profile.timeouts, profile.conntrack.nat_clash_timeout);
         Self {
@@ -342,7 +350,7 @@ impl Conntrack {
             count: CachePadded::new(AtomicUsize::new(0)),
             gc_cursor: CachePadded::new(AtomicUsize::new(0)),
             stats: Stats::new(ncpus),
-            hasher,
+            hash_key,
             max,
             profile,
         }
@@ -406,14 +414,20 @@ impl Conntrack {
         self.jiffies.expiry_ns(expires, now)
     }
 
+    /// The keyed hash of a packed tuple: its words folded in pairs by
+    /// 64×64→128-bit multiplies (the high and low halves xored, as ahash's
+    /// fallback and wyhash mix), then once more with the last two key words.
+    /// Two multiplies for an IPv4 tuple, four for IPv6, no hasher state to
+    /// set up: it runs once per lookup and twice per insert or removal.
     #[inline]
     fn hash<K: Packed>(&self, key: &K) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.hasher.build_hasher();
-        for w in key.words() {
-            h.write_u64(*w);
+        let [k0, k1, k2, k3] = self.hash_key;
+        let mut h = 0u64;
+        for pair in key.words().chunks(2) {
+            let hi = pair.get(1).copied().unwrap_or(0);
+            h = fold(pair[0] ^ k0 ^ h, hi ^ k1);
         }
-        h.finish()
+        fold(h ^ k2, k3)
     }
 
     /// `reciprocal_scale`, as the kernel maps a hash onto its buckets.
