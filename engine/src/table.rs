@@ -506,8 +506,13 @@ impl Conntrack {
     /// node whose tuple equals `key` until it returns `true`. Expired
     /// connections met on the way are removed (`nf_ct_gc_expired`).
     #[inline(always)]
-    fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, mut visit: impl FnMut(Matched<K>) -> bool) {
-        let now = self.jiffies(at.now);
+    fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, visit: impl FnMut(Matched<K>) -> bool) {
+        self.walk_at(b, key, at, self.jiffies(at.now), visit);
+    }
+
+    /// [`Conntrack::walk`] with `now`, the jiffy of `at.now`, computed by the caller.
+    #[inline(always)]
+    fn walk_at<K: FamilyKey>(&self, b: usize, key: &K, at: At, now: u32, mut visit: impl FnMut(Matched<K>) -> bool) {
         'restart: loop {
             let mut link = self.heads[b].load(Ordering::Acquire);
             let mut steps = 0;
@@ -550,7 +555,7 @@ impl Conntrack {
 
     /// The caller's `matched` is the tuple that was looked up, unpacked already.
     #[inline(always)]
-    fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, now: Nanos) -> Hit {
+    fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, nj: u64) -> Hit {
         let (orig, reply) = match m.node.dir {
             Dir::Original => (matched, m.other.unpack()),
             Dir::Reply => (m.other.unpack(), matched),
@@ -562,7 +567,7 @@ impl Conntrack {
             reply,
             status: state::status(m.node.state),
             tcp_state: state::tcp(m.node.state),
-            expires: self.expires_ns(state::expires(m.node.state), now),
+            expires: self.jiffies.expiry_ns_at(state::expires(m.node.state), nj),
             created: m.created,
         }
     }
@@ -581,7 +586,8 @@ impl Conntrack {
     #[inline]
     fn lookup_k<K: FamilyKey>(&self, tuple: &Tuple, key: &K, at: At) -> Option<Hit> {
         let mut found = None;
-        self.walk(self.bucket(self.hash(key)), key, at, |m| {
+        let nj = self.jiffies.of(at.now);
+        self.walk_at(self.bucket(self.hash(key)), key, at, nj as u32, |m| {
             found = Some(m);
             true
         });
@@ -591,7 +597,7 @@ impl Conntrack {
         if self.profile.counters.found_on_lookup {
             self.stats.inc(at.cpu, Stat::Found);
         }
-        Some(self.hit(&m, *tuple, at.now))
+        Some(self.hit(&m, *tuple, nj))
     }
 
     /// Allocate a new, unconfirmed connection for a packet whose tuple
@@ -832,7 +838,7 @@ impl Conntrack {
         let stat = if self.profile.counters.clash_resolve { Stat::ClashResolve } else { Stat::InsertFailed };
         self.stats.inc(at.cpu, stat);
         drop(ct);
-        Confirm::Merged(self.hit(w, w_key.unpack(), at.now))
+        Confirm::Merged(self.hit(w, w_key.unpack(), self.jiffies.of(at.now)))
     }
 
     /// Write `ct` into a fresh slot and link it: both nodes, or the reply
