@@ -41,7 +41,13 @@ impl Jiffies {
     /// The virtual time of jiffy `expires` (32-bit, wrapping), seen from `now`.
     #[inline]
     pub fn expiry_ns(self, expires: u32, now: Nanos) -> Nanos {
-        let nj = self.of(now);
+        self.expiry_ns_at(expires, self.of(now))
+    }
+
+    /// [`Jiffies::expiry_ns`] with `nj = self.of(now)` already computed (the
+    /// lookup-hit path has it from its expiry check).
+    #[inline]
+    pub fn expiry_ns_at(self, expires: u32, nj: u64) -> Nanos {
         let delta = i64::from(expires.wrapping_sub(nj as u32) as i32);
         (nj as i64).saturating_add(delta).max(0) as u64 * self.ns
     }

@@ -88,6 +88,13 @@ mod state {
     }
 }
 
+/// The 128-bit product of `a` and `b`, its two halves xored.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
 /// `(s32)(expires - now) <= 0`, as the kernel's `nf_ct_is_expired`.
 #[inline]
 fn is_expired(expires: u32, now: u32) -> bool {
@@ -284,7 +291,8 @@ pub struct Conntrack {
     count: CachePadded<AtomicUsize>,
     gc_cursor: CachePadded<AtomicUsize>,
     stats: Stats,
-    hasher: ahash::RandomState,
+    /// The hash key, drawn from the seed (the kernel's `nf_conntrack_hash_rnd`).
+    hash_key: [u64; 4],
     max: usize,
     jiffies: Jiffies,
     spans: Spans,
@@ -328,7 +336,7 @@ impl Conntrack {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        let hasher = ahash::RandomState::with_seeds(next(), next(), next(), next());
+        let hash_key = [next(), next(), next(), next()];
         let jiffies = Jiffies::new(profile.conntrack.hz);
         let spans = Spans::new(&jiffies, &profile.timeouts, profile.conntrack.nat_clash_timeout);
         Self {
@@ -342,7 +350,7 @@ impl Conntrack {
             count: CachePadded::new(AtomicUsize::new(0)),
             gc_cursor: CachePadded::new(AtomicUsize::new(0)),
             stats: Stats::new(ncpus),
-            hasher,
+            hash_key,
             max,
             profile,
         }
@@ -406,14 +414,20 @@ impl Conntrack {
         self.jiffies.expiry_ns(expires, now)
     }
 
+    /// The keyed hash of a packed tuple: its words folded in pairs by
+    /// 64×64→128-bit multiplies (the high and low halves xored, as ahash's
+    /// fallback and wyhash mix), then once more with the last two key words.
+    /// Two multiplies for an IPv4 tuple, four for IPv6, no hasher state to
+    /// set up: it runs once per lookup and twice per insert or removal.
     #[inline]
     fn hash<K: Packed>(&self, key: &K) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.hasher.build_hasher();
-        for w in key.words() {
-            h.write_u64(*w);
+        let [k0, k1, k2, k3] = self.hash_key;
+        let mut h = 0u64;
+        for pair in key.words().chunks(2) {
+            let hi = pair.get(1).copied().unwrap_or(0);
+            h = fold(pair[0] ^ k0 ^ h, hi ^ k1);
         }
-        h.finish()
+        fold(h ^ k2, k3)
     }
 
     /// `reciprocal_scale`, as the kernel maps a hash onto its buckets.
@@ -492,8 +506,13 @@ impl Conntrack {
     /// node whose tuple equals `key` until it returns `true`. Expired
     /// connections met on the way are removed (`nf_ct_gc_expired`).
     #[inline(always)]
-    fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, mut visit: impl FnMut(Matched<K>) -> bool) {
-        let now = self.jiffies(at.now);
+    fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, visit: impl FnMut(Matched<K>) -> bool) {
+        self.walk_at(b, key, at, self.jiffies(at.now), visit);
+    }
+
+    /// [`Conntrack::walk`] with `now`, the jiffy of `at.now`, computed by the caller.
+    #[inline(always)]
+    fn walk_at<K: FamilyKey>(&self, b: usize, key: &K, at: At, now: u32, mut visit: impl FnMut(Matched<K>) -> bool) {
         'restart: loop {
             let mut link = self.heads[b].load(Ordering::Acquire);
             let mut steps = 0;
@@ -536,7 +555,7 @@ impl Conntrack {
 
     /// The caller's `matched` is the tuple that was looked up, unpacked already.
     #[inline(always)]
-    fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, now: Nanos) -> Hit {
+    fn hit<K: FamilyKey>(&self, m: &Matched<K>, matched: Tuple, nj: u64) -> Hit {
         let (orig, reply) = match m.node.dir {
             Dir::Original => (matched, m.other.unpack()),
             Dir::Reply => (m.other.unpack(), matched),
@@ -548,7 +567,7 @@ impl Conntrack {
             reply,
             status: state::status(m.node.state),
             tcp_state: state::tcp(m.node.state),
-            expires: self.expires_ns(state::expires(m.node.state), now),
+            expires: self.jiffies.expiry_ns_at(state::expires(m.node.state), nj),
             created: m.created,
         }
     }
@@ -567,7 +586,8 @@ impl Conntrack {
     #[inline]
     fn lookup_k<K: FamilyKey>(&self, tuple: &Tuple, key: &K, at: At) -> Option<Hit> {
         let mut found = None;
-        self.walk(self.bucket(self.hash(key)), key, at, |m| {
+        let nj = self.jiffies.of(at.now);
+        self.walk_at(self.bucket(self.hash(key)), key, at, nj as u32, |m| {
             found = Some(m);
             true
         });
@@ -577,7 +597,7 @@ impl Conntrack {
         if self.profile.counters.found_on_lookup {
             self.stats.inc(at.cpu, Stat::Found);
         }
-        Some(self.hit(&m, *tuple, at.now))
+        Some(self.hit(&m, *tuple, nj))
     }
 
     /// Allocate a new, unconfirmed connection for a packet whose tuple
@@ -818,7 +838,7 @@ impl Conntrack {
         let stat = if self.profile.counters.clash_resolve { Stat::ClashResolve } else { Stat::InsertFailed };
         self.stats.inc(at.cpu, stat);
         drop(ct);
-        Confirm::Merged(self.hit(w, w_key.unpack(), at.now))
+        Confirm::Merged(self.hit(w, w_key.unpack(), self.jiffies.of(at.now)))
     }
 
     /// Write `ct` into a fresh slot and link it: both nodes, or the reply

@@ -476,8 +476,9 @@ impl<'t> Worker<'t> {
         }
         let t = flow(self.w, self.rng.random_range(0..self.per));
         let at = self.at();
-        if let Some(h) = self.table.lookup(&t, at) {
-            self.table.update(&h, TcpFlags::default(), at);
+        // By reference: moving the `Hit` out of the `Option` copied it.
+        if let Some(h) = &self.table.lookup(&t, at) {
+            self.table.update(h, TcpFlags::default(), at);
         }
     }
 
