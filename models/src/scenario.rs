@@ -63,6 +63,40 @@ pub enum Report {
     Listener(ListenerReport),
 }
 
+/// Apply `$body` to the report inside any variant: every report has the
+/// common keys (`scenario`, `kernel`, `seed`, `per_cpu`, `clients`, …).
+macro_rules! each_report {
+    ($self:expr, $r:ident => $body:expr) => {
+        match $self {
+            Report::Dns($r) => $body,
+            Report::Snat($r) => $body,
+            Report::Listener($r) => $body,
+        }
+    };
+}
+
+impl Report {
+    /// What ran: scenario name, kernel profile name, seed.
+    pub fn header(&self) -> (&str, &str, u64) {
+        each_report!(self, r => (r.scenario.as_str(), r.kernel.as_str(), r.seed))
+    }
+
+    /// What the clients saw.
+    pub fn clients(&self) -> &crate::clients::ClientStats {
+        each_report!(self, r => &r.clients)
+    }
+
+    /// The conntrack counters per CPU.
+    pub fn per_cpu(&self) -> &[std::collections::BTreeMap<&'static str, u64>] {
+        each_report!(self, r => &r.per_cpu)
+    }
+
+    /// Entries in the table when the run ended.
+    pub fn conntrack_entries(&self) -> u64 {
+        each_report!(self, r => r.conntrack_entries)
+    }
+}
+
 /// Apply `$body` to the scenario inside any variant.
 macro_rules! each {
     ($self:expr, $s:ident => $body:expr) => {

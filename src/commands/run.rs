@@ -61,7 +61,8 @@ pub fn run<W: Write>(
         a.refresh(&s, &profile);
     }
     let report = s.run(profile.clone());
-    match format.unwrap_or_else(default_format) {
+    let format = format.unwrap_or_else(default_format);
+    match format {
         Format::Json => match &applied {
             None => json_line(out, "summary", &report)?,
             Some(inputs) => {
@@ -83,20 +84,20 @@ pub fn run<W: Write>(
         Format::Csv => render::csv::write(out, &report)?,
         Format::Conntrack => render::conntrack::write(out, &counters_of(&report, &profile))?,
         Format::Prom => {
-            let (scenario, kernel, seed, clients) = match &report {
-                Report::Dns(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
-                Report::Snat(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
-                Report::Listener(r) => (&r.scenario, &r.kernel, r.seed, &r.clients),
-            };
+            let (scenario, kernel, seed) = report.header();
             let e = render::prom::Exposition {
                 counters: counters_of(&report, &profile),
-                info: vec![("scenario", scenario.clone()), ("kernel", kernel.clone()), ("seed", seed.to_string())],
-                clients: Some(clients),
+                info: vec![
+                    ("scenario", scenario.to_string()),
+                    ("kernel", kernel.to_string()),
+                    ("seed", seed.to_string()),
+                ],
+                clients: Some(report.clients()),
             };
             render::prom::write(out, &e)?
         }
     }
-    if let (Some(a), Format::Table) = (&applied, format.unwrap_or_else(default_format)) {
+    if let (Some(a), Format::Table) = (&applied, format) {
         write_inputs(out, a)?;
     }
     Ok(ExitCode::SUCCESS)
@@ -104,12 +105,7 @@ pub fn run<W: Write>(
 
 /// The counters of a run's report, for the machine renderers.
 fn counters_of<'a>(report: &'a Report, profile: &'a KernelProfile) -> render::Counters<'a> {
-    let (per_cpu, entries) = match report {
-        Report::Dns(r) => (&r.per_cpu, r.conntrack_entries),
-        Report::Snat(r) => (&r.per_cpu, r.conntrack_entries),
-        Report::Listener(r) => (&r.per_cpu, r.conntrack_entries),
-    };
-    render::Counters { per_cpu, profile, entries }
+    render::Counters { per_cpu: report.per_cpu(), profile, entries: report.conntrack_entries() }
 }
 
 /// Table for a person at a terminal, JSON Lines for a pipe.
