@@ -26,7 +26,7 @@ pub mod tuple;
 pub use conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};
 pub use profile::KernelProfile;
 pub use stats::{Stat, StatsSnapshot};
-pub use table::{ClashCause, Confirm, Conntrack, DropReason, GcReport, TableFull, Unconfirmed, Update};
+pub use table::{ClashCause, Confirm, Conntrack, DropReason, GcReport, TableFull, Tracked, Unconfirmed, Update};
 pub use tuple::{L4Proto, Tuple};
 
 /// Virtual time in nanoseconds.

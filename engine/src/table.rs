@@ -36,7 +36,7 @@ use rand::Rng;
 use crate::clock::{Jiffies, Spans};
 use crate::conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};
 use crate::profile::{ChainLimit, ClashPolicy, KernelProfile};
-use crate::slab::Slab;
+use crate::slab::{Slab, Slot};
 use crate::stats::{Stat, Stats, StatsSnapshot, Tally};
 use crate::sync::{spin_hint, AtomicU32, AtomicUsize, CachePadded, Mutex, MutexGuard, Ordering};
 use crate::tuple::{Family, L4Proto, Packed, Tuple, V4Key, V6Key};
@@ -209,6 +209,26 @@ pub enum Update {
     /// A SYN hit a closed TCP connection, which was removed: look up again
     /// to create a new one (the kernel's `-NF_REPEAT`).
     Reopen,
+}
+
+/// What [`Conntrack::track`] did with a packet of a confirmed connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// The connection.
+    pub conn: ConnRef,
+    /// The direction the packet's tuple matched.
+    pub dir: Dir,
+    /// What the update did.
+    pub update: Update,
+}
+
+/// What the protocol tracker needs to know of a packet and its connection.
+#[derive(Clone, Copy)]
+struct Packet {
+    conn: ConnRef,
+    dir: Dir,
+    proto: L4Proto,
+    created: Nanos,
 }
 
 /// Outcome of a GC pass.
@@ -598,6 +618,37 @@ impl Conntrack {
             self.stats.inc(at.cpu, Stat::Found);
         }
         Some(self.hit(&m, *tuple, nj))
+    }
+
+    /// The conntrack-in path of a packet of a confirmed connection: the
+    /// lookup and, on a hit, the protocol tracker's update, in one pass, as
+    /// `nf_conntrack_in` resolves the connection and hands it to the L4
+    /// handler. The same effects and counters as [`Conntrack::lookup`]
+    /// followed by [`Conntrack::update`], without copying the entry out:
+    /// the state word read by the walk is the one the update starts from.
+    /// `None` on a miss.
+    pub fn track(&self, tuple: &Tuple, flags: TcpFlags, at: At) -> Option<Tracked> {
+        match tuple.family() {
+            Family::V4 => self.track_k(&V4Key::pack(tuple)?, tuple.proto, flags, at),
+            Family::V6 => self.track_k(&V6Key::pack(tuple)?, tuple.proto, flags, at),
+        }
+    }
+
+    #[inline]
+    fn track_k<K: FamilyKey>(&self, key: &K, proto: L4Proto, flags: TcpFlags, at: At) -> Option<Tracked> {
+        let mut found = None;
+        let now = self.jiffies(at.now);
+        self.walk_at(self.bucket(self.hash(key)), key, at, now, |m| {
+            found = Some((m.node.conn, m.node.dir, m.node.state, m.created));
+            true
+        });
+        let (conn, dir, w, created) = found?;
+        if self.profile.counters.found_on_lookup {
+            self.stats.inc(at.cpu, Stat::Found);
+        }
+        let slot = K::slab(self).slot(conn.idx);
+        let update = self.refresh(slot, Packet { conn, dir, proto, created }, w, flags, at, now);
+        Some(Tracked { conn, dir, update })
     }
 
     /// Allocate a new, unconfirmed connection for a packet whose tuple
@@ -1086,13 +1137,29 @@ impl Conntrack {
 
     fn update_k<K: FamilyKey>(&self, hit: &Hit, flags: TcpFlags, at: At) -> Update {
         let slot = K::slab(self).slot(hit.conn.idx);
-        let now = self.jiffies(at.now);
-        let reply = hit.dir == Dir::Reply;
+        let w = slot.state.load(Ordering::Acquire);
+        let packet = Packet { conn: hit.conn, dir: hit.dir, proto: hit.orig.proto, created: hit.created };
+        self.refresh(slot, packet, w, flags, at, self.jiffies(at.now))
+    }
+
+    /// The protocol tracker's step on `slot`, whose state word was last
+    /// read as `w`: a compare-and-swap loop that writes only when the word
+    /// changes (same jiffy, same state: no store, as 4.7 and later kernels).
+    #[inline(always)]
+    fn refresh<K: FamilyKey>(
+        &self,
+        slot: &Slot<K>,
+        p: Packet,
+        mut w: u64,
+        flags: TcpFlags,
+        at: At,
+        now: u32,
+    ) -> Update {
+        let reply = p.dir == Dir::Reply;
         let sp = &self.spans;
-        let mut w = slot.state.load(Ordering::Acquire);
         loop {
             let mut status = state::status(w);
-            if state::tag(w) != state::tag_of(hit.conn.gen)
+            if state::tag(w) != state::tag_of(p.conn.gen)
                 || status.contains(Status::DYING)
                 || !status.contains(Status::CONFIRMED)
             {
@@ -1100,16 +1167,16 @@ impl Conntrack {
             }
             if reply && status.contains(Status::NAT_CLASH) {
                 // The first reply consumes a NAT_CLASH entry.
-                return self.kill_then(hit.conn, at, Update::ClashEntryConsumed);
+                return self.kill_then(p.conn, at, Update::ClashEntryConsumed);
             }
             if reply {
                 status.insert(Status::SEEN_REPLY);
             }
             let mut tcp = state::tcp(w);
-            let timeout = match hit.orig.proto {
+            let timeout = match p.proto {
                 L4Proto::Udp => {
                     if status.contains(Status::SEEN_REPLY) {
-                        let stream = sp.udp_stream_after.is_none_or(|d| at.now.saturating_sub(hit.created) > d);
+                        let stream = sp.udp_stream_after.is_none_or(|d| at.now.saturating_sub(p.created) > d);
                         if stream {
                             status.insert(Status::ASSURED);
                             sp.udp_stream
@@ -1126,12 +1193,12 @@ impl Conntrack {
                         tcp = next;
                         timeout
                     }
-                    None => return self.kill_then(hit.conn, at, Update::Reopen),
+                    None => return self.kill_then(p.conn, at, Update::Reopen),
                 },
             };
             let expires =
                 if status.contains(Status::FIXED_TIMEOUT) { state::expires(w) } else { now.wrapping_add(timeout) };
-            let nw = state::pack(expires, status, tcp, hit.conn.gen);
+            let nw = state::pack(expires, status, tcp, p.conn.gen);
             if nw == w {
                 return Update::Accepted;
             }

@@ -75,6 +75,8 @@ struct Model {
     t: Conntrack,
     now: u64,
     rng: Pcg64Mcg,
+    /// Packets of known connections through `track` instead of `lookup` + `update`.
+    fused: bool,
 }
 
 impl Model {
@@ -83,10 +85,15 @@ impl Model {
     }
 
     /// Lookup; on a hit, update the entry; on a miss, a new unconfirmed entry.
-    fn lookup<'t>(t: &'t Conntrack, p: &Pkt, at: At) -> Option<Unconfirmed<'t>> {
+    fn lookup<'t>(t: &'t Conntrack, p: &Pkt, at: At, fused: bool) -> Option<Unconfirmed<'t>> {
         let flags = if p.tcp { TcpFlags::SYN } else { TcpFlags::default() };
-        if let Some(hit) = t.lookup(&p.tuple(), at) {
-            t.update(&hit, if p.reply { TcpFlags::SYN_ACK } else { flags }, at);
+        let known = if p.reply { TcpFlags::SYN_ACK } else { flags };
+        if fused {
+            if t.track(&p.tuple(), known, at).is_some() {
+                return None;
+            }
+        } else if let Some(hit) = t.lookup(&p.tuple(), at) {
+            t.update(&hit, known, at);
             return None;
         }
         t.new_conn(p.tuple(), flags, at).ok()
@@ -110,15 +117,15 @@ impl Model {
         match op {
             Op::Packet(p) => {
                 let at = self.at(p.cpu);
-                if let Some(mut ct) = Self::lookup(&self.t, p, at) {
+                if let Some(mut ct) = Self::lookup(&self.t, p, at, self.fused) {
                     Self::nat(&self.t, &mut ct, p, at);
                     self.t.confirm(ct, at, &mut self.rng);
                 }
             }
             Op::Race(a, b) => {
                 let (at_a, at_b) = (self.at(a.cpu), self.at(b.cpu));
-                let ca = Self::lookup(&self.t, a, at_a);
-                let cb = Self::lookup(&self.t, b, at_b);
+                let ca = Self::lookup(&self.t, a, at_a, self.fused);
+                let cb = Self::lookup(&self.t, b, at_b, self.fused);
                 for (ct, p, at) in [(ca, a, at_a), (cb, b, at_b)] {
                     if let Some(mut ct) = ct {
                         Self::nat(&self.t, &mut ct, p, at);
@@ -185,10 +192,36 @@ proptest! {
         if small_chains {
             profile.conntrack.chain_limit = Some(ChainLimit { min: 1, spread: 2 });
         }
-        let mut m = Model { t: Conntrack::new(profile, 2, 3), now: 1_000, rng: Pcg64Mcg::seed_from_u64(5) };
+        let mut m = Model { t: Conntrack::new(profile, 2, 3), now: 1_000, rng: Pcg64Mcg::seed_from_u64(5), fused: false };
         for op in &ops {
             m.apply(op);
             m.check();
+        }
+    }
+
+    /// `track` is `lookup` then `update` in one pass: the same sequence
+    /// through either leaves the same entries and the same counters.
+    #[test]
+    fn track_does_what_lookup_then_update_do(
+        kernel in 0usize..64,
+        ops in prop::collection::vec(op(), 1..60),
+    ) {
+        let names = preset_names();
+        let mut profile = presets().remove(kernel % names.len());
+        profile.conntrack.buckets = 4;
+        profile.conntrack.max = 6;
+        let model = |fused| Model {
+            t: Conntrack::new(profile.clone(), 2, 3),
+            now: 1_000,
+            rng: Pcg64Mcg::seed_from_u64(5),
+            fused,
+        };
+        let (mut a, mut b) = (model(false), model(true));
+        for op in &ops {
+            a.apply(op);
+            b.apply(op);
+            prop_assert_eq!(a.t.entries(a.at(0)), b.t.entries(b.at(0)));
+            prop_assert_eq!(a.t.stats(), b.t.stats());
         }
     }
 }
@@ -208,7 +241,8 @@ fn random_sequences_reach_every_outcome() {
             profile.conntrack.buckets = 4;
             profile.conntrack.max = 6;
             profile.conntrack.chain_limit = Some(ChainLimit { min: 1, spread: 2 });
-            let mut m = Model { t: Conntrack::new(profile, 2, 3), now: 1_000, rng: Pcg64Mcg::seed_from_u64(5) };
+            let mut m =
+                Model { t: Conntrack::new(profile, 2, 3), now: 1_000, rng: Pcg64Mcg::seed_from_u64(5), fused: false };
             for op in &ops {
                 m.apply(op);
             }
