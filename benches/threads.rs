@@ -24,6 +24,8 @@ fn threads(c: &mut Criterion) {
         for n in [1usize, 2] {
             g.throughput(Throughput::Elements(n as u64));
             let cfg = StressConfig { threads: n, workload, flows: FLOWS, batch: 1024, ..StressConfig::default() };
+            let hz = preset("6.1").unwrap().conntrack.hz;
+            let bcfg = baseline::Config { workload: bw, threads: n, flows: FLOWS, window_spins: 0, seed: 1, hz };
             g.bench_function(BenchmarkId::new(format!("{name}/racetrack"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let t = Conntrack::new(preset("6.1").unwrap(), n, 1);
@@ -36,7 +38,7 @@ fn threads(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let m = Dash::new(FLOWS as usize);
                     let start = Instant::now();
-                    baseline::run(&m, bw, n, FLOWS, 0, 1, |done| done < iters * n as u64);
+                    baseline::run(&m, &bcfg, |done| done < iters * n as u64);
                     start.elapsed()
                 })
             });
@@ -44,7 +46,7 @@ fn threads(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let m = MutexMap::new(FLOWS as usize);
                     let start = Instant::now();
-                    baseline::run(&m, bw, n, FLOWS, 0, 1, |done| done < iters * n as u64);
+                    baseline::run(&m, &bcfg, |done| done < iters * n as u64);
                     start.elapsed()
                 })
             });

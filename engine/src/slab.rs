@@ -18,7 +18,8 @@ const CHUNK_SHIFT: u32 = 12;
 const CHUNK_SHIFT: u32 = 2;
 const CHUNK: usize = 1 << CHUNK_SHIFT;
 
-/// One connection: both tuples, the state word, the two chain links.
+/// One connection: both tuples, the state word, the creation time. Its two
+/// chain links live apart, in [`Links`].
 ///
 /// An IPv4 slot is exactly one 64-byte cache line.
 #[repr(C, align(64))]
@@ -26,8 +27,6 @@ pub(crate) struct Slot<K: Packed> {
     /// Even while stable; odd while the slot is being (re)written for a new
     /// connection. Bumped by 2 per reuse, so it doubles as the generation.
     pub seq: AtomicU32,
-    /// Chain links of the original (0) and reply (1) hash nodes.
-    pub next: [AtomicU32; 2],
     /// Expiry, status, TCP state and generation tag: see `table::state`.
     pub state: AtomicU64,
     /// Creation time (ns). While the slot is free: the free-list link.
@@ -41,7 +40,6 @@ impl<K: Packed> Default for Slot<K> {
     fn default() -> Self {
         Self {
             seq: AtomicU32::default(),
-            next: Default::default(),
             state: AtomicU64::default(),
             created: AtomicU64::default(),
             tuples: Default::default(),
@@ -82,10 +80,23 @@ impl<K: Packed> Slot<K> {
     }
 }
 
+/// The chain links of a slot's original (0) and reply (1) hash nodes: the
+/// next node's link word (see `table.rs`). Kept out of the slot's cache line
+/// so that a walk passing a node reads only these words, never the line the
+/// node's owner writes on every refresh.
+#[derive(Default)]
+pub(crate) struct Links(pub [AtomicU64; 2]);
+
+// SAFETY: two atomics, zero by default.
+unsafe impl ZeroDefault for Links {}
+
 /// Chunked, type-stable slot storage with a lock-free free list.
 pub(crate) struct Slab<K: Packed> {
     /// Chunk directory; a null entry is a chunk not yet allocated.
     chunks: Box<[AtomicPtr<Slot<K>>]>,
+    /// The links of the same slots, chunk by chunk; a chunk's links are
+    /// published before its slots.
+    links: Box<[AtomicPtr<Links>]>,
     grow: Mutex<()>,
     /// Slots below this index have been handed out at least once.
     fresh: AtomicU32,
@@ -101,6 +112,7 @@ impl<K: Packed> Slab<K> {
         let nchunks = (cap as usize).div_ceil(CHUNK);
         Self {
             chunks: (0..nchunks).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
+            links: (0..nchunks).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
             grow: Mutex::new(()),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
@@ -120,6 +132,16 @@ impl<K: Packed> Slab<K> {
         // boxed slice of `CHUNK` slots (see `ensure_chunk`); chunks are freed
         // only in `Drop`, which needs `&mut self`, so the borrow of `self`
         // keeps the chunk alive. The offset is below `CHUNK`.
+        unsafe { &*chunk.add(idx as usize & (CHUNK - 1)) }
+    }
+
+    /// The links of slot `idx` (same contract as [`Slab::slot`]).
+    #[inline]
+    pub fn links(&self, idx: u32) -> &Links {
+        let chunk = self.links[(idx >> CHUNK_SHIFT) as usize].load(Ordering::Acquire);
+        assert!(!chunk.is_null(), "slot {idx} was never allocated");
+        // SAFETY: as in `slot`: the chunk came from `Box::into_raw` of
+        // `CHUNK` links, freed only in `Drop`; the offset is below `CHUNK`.
         unsafe { &*chunk.add(idx as usize & (CHUNK - 1)) }
     }
 
@@ -168,6 +190,9 @@ impl<K: Packed> Slab<K> {
         }
         let _g = self.grow.lock();
         if self.chunks[c].load(Ordering::Relaxed).is_null() {
+            // The links first: whoever sees the slots' chunk sees them too.
+            let links: Box<[Links]> = zeroed_slice(CHUNK);
+            self.links[c].store(Box::into_raw(links) as *mut Links, Ordering::Release);
             let chunk: Box<[Slot<K>]> = zeroed_slice(CHUNK);
             let ptr = Box::into_raw(chunk) as *mut Slot<K>;
             self.chunks[c].store(ptr, Ordering::Release);
@@ -183,7 +208,8 @@ impl<K: Packed> Slab<K> {
     /// Bytes of slot memory allocated so far.
     pub fn allocated_bytes(&self) -> usize {
         let chunks = self.chunks.iter().filter(|c| !c.load(Ordering::Relaxed).is_null()).count();
-        chunks * CHUNK * std::mem::size_of::<Slot<K>>() + self.chunks.len() * std::mem::size_of::<usize>()
+        chunks * CHUNK * (std::mem::size_of::<Slot<K>>() + std::mem::size_of::<Links>())
+            + 2 * self.chunks.len() * std::mem::size_of::<usize>()
     }
 }
 
@@ -194,6 +220,13 @@ impl<K: Packed> Drop for Slab<K> {
             if !ptr.is_null() {
                 // SAFETY: `ptr` came from `Box::into_raw` of a `Box<[Slot<K>]>`
                 // of length `CHUNK` and is dropped exactly once, here.
+                drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, CHUNK)) });
+            }
+        }
+        for c in self.links.iter() {
+            let ptr = c.load(Ordering::Relaxed);
+            if !ptr.is_null() {
+                // SAFETY: as above, for a `Box<[Links]>` of length `CHUNK`.
                 drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, CHUNK)) });
             }
         }

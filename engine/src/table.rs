@@ -27,9 +27,30 @@
 //!   exceeds `max` except for the instant between a reservation and its
 //!   rollback.
 //!
+//! # Links apart from the slot
+//! A link word names the next node (low 32 bits: `NULLS | bucket` at a
+//! chain's end, else `V6_BIT | idx << 1 | dir`) and carries that node's *hash
+//! tag* (high 32 bits: the upper half of the hash its tuple was bucketed by).
+//! The links of a slot's two nodes live in a separate array (`slab::Links`), not
+//! in the slot's cache line. A walk compares the tag before touching a node:
+//! a node that cannot match costs one load of its link word, and the walk
+//! never reads the slot line that the node's owner writes on every refresh,
+//! so two CPUs refreshing their own connections do not pull each other's
+//! lines back and forth just by sharing chains. Only a node whose tag
+//! matches is read in full, under its `seq`.
+//!
+//! Following a link without a `seq` check is what the kernel's
+//! `hlist_nulls` readers do: a link word is one atomic, every link to a node
+//! is a copy of the one written when the node was inserted, and a removed
+//! node keeps its link, so a walk carried off its chain by a removal and
+//! reuse ends on a foreign nulls marker and starts over. A stale tag can only
+//! make a walk pass a node inserted after the walk read the link, which a
+//! lookup racing that insert may miss anyway.
+//!
 //! # The lookup-hit path
-//! Hash, one bucket-head load, then per node: `seq`, the tuple words, the
-//! link, `seq` again. No lock, no reference count, no store to shared memory.
+//! Hash, one bucket-head load, then per node: the link word's tag, and for
+//! the node that matches, `seq`, the tuple words, the state word, `seq`
+//! again. No lock, no reference count, no store to shared memory.
 
 use rand::Rng;
 
@@ -38,7 +59,7 @@ use crate::conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};
 use crate::profile::{ChainLimit, ClashPolicy, KernelProfile};
 use crate::slab::{Slab, Slot};
 use crate::stats::{Stat, Stats, StatsSnapshot, Tally};
-use crate::sync::{spin_hint, AtomicU32, AtomicUsize, CachePadded, Mutex, MutexGuard, Ordering};
+use crate::sync::{spin_hint, AtomicU64, AtomicUsize, CachePadded, Mutex, MutexGuard, Ordering};
 use crate::tuple::{Family, L4Proto, Packed, Tuple, V4Key, V6Key};
 use crate::{At, Nanos};
 
@@ -57,6 +78,37 @@ fn nulls(bucket: usize) -> u32 {
 #[inline]
 fn decode(link: u32) -> (u32, usize) {
     ((link & !(NULLS | V6_BIT)) >> 1, (link & 1) as usize)
+}
+
+/// The node a link word names (or the nulls marker it ends on).
+#[inline(always)]
+fn target(link: u64) -> u32 {
+    link as u32
+}
+
+/// The hash tag a link word carries for the node it names.
+#[inline(always)]
+fn link_tag(link: u64) -> u32 {
+    (link >> 32) as u32
+}
+
+/// The tag of a node whose tuple hashes to `hash`: the half the bucket
+/// index does not use.
+#[inline(always)]
+fn hash_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// The link word naming node `node`, whose tuple hashes to `hash`.
+#[inline]
+fn link_to(node: u32, hash: u64) -> u64 {
+    u64::from(hash_tag(hash)) << 32 | u64::from(node)
+}
+
+/// The link word ending chain `bucket`.
+#[inline]
+fn end_of(bucket: usize) -> u64 {
+    u64::from(nulls(bucket))
 }
 
 /// The state word: `expires` (jiffies, 32 bits) | status (8) | TCP state (4) | generation tag (20).
@@ -129,7 +181,8 @@ struct Restart;
 
 /// A node read consistently.
 struct Node {
-    next: u32,
+    /// The link word to the next node; not read (0) for a node that matched a key.
+    next: u64,
     conn: ConnRef,
     dir: Dir,
     state: u64,
@@ -304,7 +357,8 @@ impl Drop for Unconfirmed<'_> {
 /// A connection tracking table with the behaviour of one kernel profile.
 pub struct Conntrack {
     profile: KernelProfile,
-    heads: Box<[AtomicU32]>,
+    /// Bucket heads: the link word of each chain's first node.
+    heads: Box<[AtomicU64]>,
     locks: Box<[CachePadded<Mutex<()>>]>,
     v4: Slab<V4Key>,
     v6: Slab<V6Key>,
@@ -363,7 +417,7 @@ impl Conntrack {
             jiffies,
             spans,
             chain_limit: profile.conntrack.chain_limit,
-            heads: (0..nbuckets).map(|b| AtomicU32::new(nulls(b))).collect(),
+            heads: (0..nbuckets).map(|b| AtomicU64::new(end_of(b))).collect(),
             locks: (0..nlocks).map(|_| CachePadded::new(Mutex::new(()))).collect(),
             v4: Slab::new(cap),
             v6: Slab::new(cap),
@@ -474,14 +528,25 @@ impl Conntrack {
 
     // ----- lockless node reads -------------------------------------------------
 
-    /// Read a node of family `K`, and the rest of its entry if its tuple equals `key`.
-    ///
-    /// A node whose tuple differs costs the `seq` pair, the tuple words up to
-    /// the first difference and the link: the common step of a chain walk.
+    /// The link word a node points on with (its successor's).
     #[inline(always)]
-    fn read_node<K: FamilyKey>(&self, link: u32, key: Option<&K>) -> Result<(Node, Option<(Nanos, K)>), Restart> {
-        let (idx, dir) = decode(link);
-        let slot = K::slab(self).slot(idx);
+    fn links_of(&self, node: u32) -> &AtomicU64 {
+        let (idx, dir) = decode(node);
+        if node & V6_BIT == 0 {
+            &self.v4.links(idx).0[dir]
+        } else {
+            &self.v6.links(idx).0[dir]
+        }
+    }
+
+    /// Read node `node` of family `K`, and the rest of its entry if its
+    /// tuple equals `key`: `seq`, the tuple words, the link, the state word
+    /// and the other tuple, then `seq` again.
+    #[inline(always)]
+    fn read_node<K: FamilyKey>(&self, node: u32, key: Option<&K>) -> Result<(Node, Option<(Nanos, K)>), Restart> {
+        let (idx, dir) = decode(node);
+        let slab = K::slab(self);
+        let slot = slab.slot(idx);
         let s1 = slot.seq.load(Ordering::Acquire);
         if s1 & 1 != 0 {
             return Err(Restart);
@@ -493,7 +558,10 @@ impl Conntrack {
             state,
         };
         if key.is_some_and(|k| slot.tuple_eq(dir, k)) {
-            let next = slot.next[dir].load(Ordering::Acquire);
+            // The link is not read here: a lookup that stops at this node
+            // never needs it, and it lives on another cache line. A walk
+            // that goes on reads it then (see `walk_at`).
+            let next = 0;
             let state = slot.state.load(Ordering::Acquire);
             let created = slot.created.load(Ordering::Acquire);
             let other = slot.tuple(1 - dir);
@@ -503,7 +571,7 @@ impl Conntrack {
             }
             return Ok((node(next, state), Some((created, other))));
         }
-        let next = slot.next[dir].load(Ordering::Acquire);
+        let next = slab.links(idx).0[dir].load(Ordering::Acquire);
         // A walk that only passes this node needs its link, not its state.
         let state = if key.is_some() { 0 } else { slot.state.load(Ordering::Acquire) };
         if slot.seq.load(Ordering::Relaxed) != s1 {
@@ -522,50 +590,61 @@ impl Conntrack {
         }
     }
 
-    /// Walk bucket `b` without locks, calling `visit` on each live, unexpired
-    /// node whose tuple equals `key` until it returns `true`. Expired
-    /// connections met on the way are removed (`nf_ct_gc_expired`).
+    /// Walk the chain of `hash` without locks, calling `visit` on each
+    /// live, unexpired node whose tuple equals `key` until it returns
+    /// `true`. Expired connections met on the way are removed
+    /// (`nf_ct_gc_expired`).
     #[inline(always)]
-    fn walk<K: FamilyKey>(&self, b: usize, key: &K, at: At, visit: impl FnMut(Matched<K>) -> bool) {
-        self.walk_at(b, key, at, self.jiffies(at.now), visit);
+    fn walk<K: FamilyKey>(&self, hash: u64, key: &K, at: At, visit: impl FnMut(Matched<K>) -> bool) {
+        self.walk_at(hash, key, at, self.jiffies(at.now), visit);
     }
 
     /// [`Conntrack::walk`] with `now`, the jiffy of `at.now`, computed by the caller.
     #[inline(always)]
-    fn walk_at<K: FamilyKey>(&self, b: usize, key: &K, at: At, now: u32, mut visit: impl FnMut(Matched<K>) -> bool) {
+    fn walk_at<K: FamilyKey>(&self, hash: u64, key: &K, at: At, now: u32, mut visit: impl FnMut(Matched<K>) -> bool) {
+        let b = self.bucket(hash);
+        let tag = hash_tag(hash);
         'restart: loop {
             let mut link = self.heads[b].load(Ordering::Acquire);
             let mut steps = 0;
-            while link & NULLS == 0 {
+            while target(link) & NULLS == 0 {
                 steps += 1;
                 if steps > WALK_LIMIT {
                     spin_hint();
                     continue 'restart;
                 }
-                let read = if link & V6_BIT == K::BIT {
-                    self.read_node::<K>(link, Some(key))
-                } else {
-                    self.read_any(link).map(|n| (n, None))
-                };
-                let Ok((node, rest)) = read else {
+                let at_node = target(link);
+                if at_node & V6_BIT != K::BIT || link_tag(link) != tag {
+                    // It cannot hold `key`: pass it by its link alone.
+                    link = self.links_of(at_node).load(Ordering::Acquire);
+                    continue;
+                }
+                let Ok((node, rest)) = self.read_node::<K>(at_node, Some(key)) else {
                     spin_hint();
                     continue 'restart;
                 };
-                link = node.next;
-                let Some((created, other)) = rest else { continue };
+                let Some((created, other)) = rest else {
+                    link = node.next;
+                    continue;
+                };
+                // Read only if the walk goes on past this node.
+                let next = || self.links_of(at_node).load(Ordering::Acquire);
                 let status = state::status(node.state);
                 if !status.contains(Status::CONFIRMED) || status.contains(Status::DYING) {
+                    link = next();
                     continue;
                 }
                 if is_expired(state::expires(node.state), now) {
+                    link = next();
                     self.kill_then(node.conn, at, ());
                     continue;
                 }
                 if visit(Matched { node, created, other }) {
                     return;
                 }
+                link = next();
             }
-            if link != nulls(b) {
+            if target(link) != nulls(b) {
                 self.stats.inc(at.cpu, Stat::SearchRestart);
                 continue 'restart;
             }
@@ -607,7 +686,7 @@ impl Conntrack {
     fn lookup_k<K: FamilyKey>(&self, tuple: &Tuple, key: &K, at: At) -> Option<Hit> {
         let mut found = None;
         let nj = self.jiffies.of(at.now);
-        self.walk_at(self.bucket(self.hash(key)), key, at, nj as u32, |m| {
+        self.walk_at(self.hash(key), key, at, nj as u32, |m| {
             found = Some(m);
             true
         });
@@ -638,7 +717,7 @@ impl Conntrack {
     fn track_k<K: FamilyKey>(&self, key: &K, proto: L4Proto, flags: TcpFlags, at: At) -> Option<Tracked> {
         let mut found = None;
         let now = self.jiffies(at.now);
-        self.walk_at(self.bucket(self.hash(key)), key, at, now, |m| {
+        self.walk_at(self.hash(key), key, at, now, |m| {
             found = Some((m.node.conn, m.node.dir, m.node.state, m.created));
             true
         });
@@ -711,7 +790,7 @@ impl Conntrack {
         let mut taken = false;
         let skip_same_origin = self.profile.conntrack.nat_same_origin_not_taken;
         let evict = harder && self.profile.nat.evict_closing_tcp;
-        self.walk(self.bucket(self.hash(key)), key, at, |m| {
+        self.walk(self.hash(key), key, at, |m| {
             let orig = match m.node.dir {
                 Dir::Original => key.unpack(),
                 Dir::Reply => m.other.unpack(),
@@ -765,22 +844,21 @@ impl Conntrack {
         at: At,
         rng: &mut R,
     ) -> Confirm {
-        let bo = self.bucket(self.hash(&ko));
-        let br = self.bucket(self.hash(&kr));
-        let _guards = self.lock_pair(bo, br);
+        let (ho, hr) = (self.hash(&ko), self.hash(&kr));
+        let _guards = self.lock_pair(self.bucket(ho), self.bucket(hr));
         let limit = self.chain_limit.map(|l| l.min + rng.random_range(0..l.spread));
-        for (b, key, dir) in [(bo, &ko, Dir::Original), (br, &kr, Dir::Reply)] {
-            match self.scan_locked(b, key, limit) {
+        for (h, key, dir) in [(ho, &ko, Dir::Original), (hr, &kr, Dir::Reply)] {
+            match self.scan_locked(h, key, limit) {
                 Scan::Free => {}
                 Scan::TooLong => {
                     self.stats.inc(at.cpu, Stat::ChainTooLong);
                     self.stats.inc(at.cpu, Stat::InsertFailed);
                     return Confirm::Dropped(DropReason::ChainTooLong);
                 }
-                Scan::Found(winner) => return self.clash_locked(ct, &ko, &kr, key, winner, dir, br, at),
+                Scan::Found(winner) => return self.clash_locked(ct, &ko, &kr, key, winner, dir, (ho, hr), at),
             }
         }
-        match self.insert_locked(ct, &ko, &kr, bo, br, false, at) {
+        match self.insert_locked(ct, &ko, &kr, (ho, hr), false, at) {
             Some(hit) => {
                 if self.profile.counters.insert {
                     self.stats.inc(at.cpu, Stat::Insert);
@@ -791,28 +869,31 @@ impl Conntrack {
         }
     }
 
-    /// Walk chain `b` with its lock held: find `key`, or find the chain
-    /// longer than `limit`.
-    fn scan_locked<K: FamilyKey>(&self, b: usize, key: &K, limit: Option<u32>) -> Scan<K> {
-        let mut link = self.heads[b].load(Ordering::Acquire);
+    /// Walk the chain of `hash` with its lock held: find `key`, or find the
+    /// chain longer than `limit`.
+    fn scan_locked<K: FamilyKey>(&self, hash: u64, key: &K, limit: Option<u32>) -> Scan<K> {
+        let tag = hash_tag(hash);
+        let mut link = self.heads[self.bucket(hash)].load(Ordering::Acquire);
         let mut len = 0u32;
-        while link & NULLS == 0 {
+        while target(link) & NULLS == 0 {
             if limit.is_some_and(|l| len > l) {
                 return Scan::TooLong;
             }
             len += 1;
+            let at_node = target(link);
+            if at_node & V6_BIT != K::BIT || link_tag(link) != tag {
+                link = self.links_of(at_node).load(Ordering::Acquire);
+                continue;
+            }
             // With the lock held no node in this chain can be rewritten, so
             // a read cannot fail.
-            let read = if link & V6_BIT == K::BIT {
-                self.read_node::<K>(link, Some(key))
-            } else {
-                self.read_any(link).map(|n| (n, None))
+            let Ok((node, rest)) = self.read_node::<K>(at_node, Some(key)) else {
+                unreachable!("a locked chain changed under us")
             };
-            let Ok((node, rest)) = read else { unreachable!("a locked chain changed under us") };
-            link = node.next;
             if let Some((created, other)) = rest {
                 return Scan::Found(Matched { node, created, other });
             }
+            link = node.next;
         }
         Scan::Free
     }
@@ -826,7 +907,7 @@ impl Conntrack {
         found_key: &K,
         winner: Matched<K>,
         found: Dir,
-        br: usize,
+        (ho, hr): (u64, u64),
         at: At,
     ) -> Confirm {
         let policy = self.profile.conntrack.clash;
@@ -838,13 +919,12 @@ impl Conntrack {
             return self.merged(ct, &winner, found_key, at);
         } else if policy == ClashPolicy::MergeOrNatClash {
             // nf_ct_resolve_clash_harder: is the loser's reply tuple free?
-            match self.scan_locked(br, kr, None) {
+            match self.scan_locked(hr, kr, None) {
                 Scan::Found(r) if self.mergeable(&r, kr, ko, kr) => return self.merged(ct, &r, kr, at),
                 Scan::Found(_) => ClashCause::ReplyTaken,
                 Scan::TooLong => unreachable!("no limit"),
                 Scan::Free => {
-                    let bo = self.bucket(self.hash(ko));
-                    return match self.insert_locked(ct, ko, kr, bo, br, true, at) {
+                    return match self.insert_locked(ct, ko, kr, (ho, hr), true, at) {
                         Some(hit) => {
                             if self.profile.counters.clash_resolve {
                                 self.stats.inc(at.cpu, Stat::ClashResolve);
@@ -900,11 +980,11 @@ impl Conntrack {
         mut ct: Unconfirmed<'_>,
         ko: &K,
         kr: &K,
-        bo: usize,
-        br: usize,
+        (ho, hr): (u64, u64),
         reply_only: bool,
         at: At,
     ) -> Option<Hit> {
+        let (bo, br) = (self.bucket(ho), self.bucket(hr));
         let slab = K::slab(self);
         let idx = slab.alloc()?;
         let slot = slab.slot(idx);
@@ -925,12 +1005,13 @@ impl Conntrack {
         slot.set_tuple(1, kr);
         slot.created.store(ct.created, Ordering::Release);
         slot.state.store(state::pack(expires, status, ct.tcp_state, gen), Ordering::Release);
-        let link_o = K::BIT | idx << 1;
-        let link_r = link_o | 1;
-        let next_o = if reply_only { nulls(bo) } else { self.heads[bo].load(Ordering::Relaxed) };
+        let node_o = K::BIT | idx << 1;
+        let (link_o, link_r) = (link_to(node_o, ho), link_to(node_o | 1, hr));
+        let next_o = if reply_only { end_of(bo) } else { self.heads[bo].load(Ordering::Relaxed) };
         let next_r = if br == bo && !reply_only { link_o } else { self.heads[br].load(Ordering::Relaxed) };
-        slot.next[0].store(next_o, Ordering::Release);
-        slot.next[1].store(next_r, Ordering::Release);
+        let links = &slab.links(idx).0;
+        links[0].store(next_o, Ordering::Release);
+        links[1].store(next_r, Ordering::Release);
         slot.seq.store(gen, Ordering::Release);
         if !reply_only {
             self.heads[bo].store(link_o, Ordering::Release);
@@ -1023,29 +1104,20 @@ impl Conntrack {
         true
     }
 
-    fn next_of(&self, link: u32) -> &AtomicU32 {
-        let (idx, dir) = decode(link);
-        if link & V6_BIT == 0 {
-            &self.v4.slot(idx).next[dir]
-        } else {
-            &self.v6.slot(idx).next[dir]
-        }
-    }
-
-    /// Unlink node `target` from chain `b` (lock held). The removed node
+    /// Unlink node `node` from chain `b` (lock held). The removed node
     /// keeps its link, so a reader standing on it walks on down the chain.
-    fn unlink_locked(&self, b: usize, target: u32) {
-        let next = self.next_of(target).load(Ordering::Relaxed);
+    fn unlink_locked(&self, b: usize, node: u32) {
+        let next = self.links_of(node).load(Ordering::Relaxed);
         let mut prev: Option<u32> = None;
         let mut link = self.heads[b].load(Ordering::Relaxed);
-        while link != target {
-            assert!(link & NULLS == 0, "node {target:#x} missing from its chain {b}");
-            prev = Some(link);
-            link = self.next_of(link).load(Ordering::Relaxed);
+        while target(link) != node {
+            assert!(target(link) & NULLS == 0, "node {node:#x} missing from its chain {b}");
+            prev = Some(target(link));
+            link = self.links_of(target(link)).load(Ordering::Relaxed);
         }
         match prev {
             None => self.heads[b].store(next, Ordering::Release),
-            Some(p) => self.next_of(p).store(next, Ordering::Release),
+            Some(p) => self.links_of(p).store(next, Ordering::Release),
         }
     }
 
@@ -1085,9 +1157,9 @@ impl Conntrack {
         'restart: loop {
             let mut link = self.heads[b].load(Ordering::Acquire);
             let mut steps = 0;
-            while link & NULLS == 0 {
+            while target(link) & NULLS == 0 {
                 steps += 1;
-                let Ok(node) = self.read_any(link) else {
+                let Ok(node) = self.read_any(target(link)) else {
                     spin_hint();
                     continue 'restart;
                 };
@@ -1098,7 +1170,7 @@ impl Conntrack {
                 f(&node);
                 link = node.next;
             }
-            if link != nulls(b) {
+            if target(link) != nulls(b) {
                 continue 'restart;
             }
             return;

@@ -155,7 +155,7 @@ impl SpinBarrier {
 }
 
 /// Virtual time advanced per operation on each worker (ns).
-const STEP: Nanos = 1_000;
+pub const STEP: Nanos = 1_000;
 
 const SERVICE: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);

@@ -191,3 +191,39 @@ fn race_lookup_against_remove_and_slot_reuse() {
         check_consistent(&t, 5);
     });
 }
+
+/// Race the following: a lockless lookup of C, which stays in the table,
+/// while another CPU removes A, C's neighbour on the table's one chain, and
+/// a new connection B reuses A's slot and goes to the chain's head. The walk
+/// passes A's nodes by their link words alone (their hash tags differ from
+/// C's), without reading A's slot or its `seq`: it must still find C every
+/// time, and `track` must refresh C, not B.
+#[test]
+fn race_lookup_past_a_neighbour_removed_and_reused() {
+    loom::model(|| {
+        let mut p = tiny("6.1", 8);
+        p.conntrack.buckets = 1;
+        let t = Arc::new(Conntrack::new(p, 2, 1));
+        let at = At::new(0, 0);
+        let insert = |sport| {
+            let ct = t.new_conn(query(sport), TcpFlags::default(), at).unwrap();
+            let Confirm::Inserted(h) = t.confirm(ct, at, &mut Pcg64Mcg::seed_from_u64(1)) else {
+                panic!("not inserted")
+            };
+            h
+        };
+        let c = insert(3);
+        // Inserted last, so its nodes come first on the chain: head → A → C.
+        let a = insert(1);
+        // The walker is the spawned thread, so that loom, which backtracks
+        // from a load to the stores before it, interleaves the walk's loads
+        // with every store of the removal and the reuse.
+        let t2 = t.clone();
+        let h = thread::spawn(move || t2.track(&query(3), TcpFlags::default(), At::new(1, 5)).map(|f| f.conn));
+        assert!(t.kill(a.conn, At::new(0, 5)));
+        let b = t.new_conn(query(2), TcpFlags::default(), At::new(0, 5)).unwrap();
+        assert!(t.confirm(b, At::new(0, 5), &mut Pcg64Mcg::seed_from_u64(2)).accepted());
+        assert_eq!(h.join().unwrap(), Some(c.conn), "C was in the table throughout");
+        check_consistent(&t, 5);
+    });
+}

@@ -2,17 +2,25 @@
 //! `mixed` workloads on a `DashMap` and on a `Mutex<HashMap>`, in the same
 //! process and the same run as the engine, so a ratio is read at once.
 //!
-//! Like the table, each baseline indexes both tuples of every flow and uses
-//! ahash. They model nothing of conntrack: they are the speed a plain
-//! concurrent map gives for the same access pattern.
+//! Each baseline is the plainest conntrack table one would build on that
+//! map: both tuples of every flow are keys (ahash), both leading to one
+//! shared [`Conn`] that holds the flow's tuples and its expiry. A packet of
+//! a known flow looks its tuple up and refreshes the expiry in place, as the
+//! engine's packet does, and under the same rule: the expiry is counted in
+//! jiffies of the workers' virtual clock, and it is written only when it
+//! changes. They model nothing else of conntrack (no races, no NAT, no
+//! counters): they are the speed a plain concurrent map gives for the same
+//! access pattern.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use parking_lot::Mutex;
+use racetrack_engine::threads::{spin_work, STEP};
 use racetrack_engine::Tuple;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -20,32 +28,45 @@ use serde::Serialize;
 
 type Hasher = ahash::RandomState;
 
-/// What a baseline stores per flow: about what a conntrack entry holds.
-#[derive(Clone, Copy, Debug)]
-pub struct Entry {
+/// A flow, shared by its two keys as a conntrack entry is by its two hash nodes.
+#[derive(Debug)]
+pub struct Conn {
     /// Original tuple.
     pub orig: Tuple,
     /// Reply tuple.
     pub reply: Tuple,
-    /// Last time seen (an op counter).
-    pub seen: u64,
+    /// When it expires, in jiffies.
+    pub expires: AtomicU64,
+}
+
+impl Conn {
+    /// Move the expiry to `expires`; no store when it is there already.
+    #[inline]
+    fn refresh(&self, expires: u64) {
+        if self.expires.load(Ordering::Relaxed) != expires {
+            self.expires.store(expires, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The operations the baseline workloads need.
 pub trait Map: Sync {
-    /// Look a tuple up; a copy of the entry.
-    fn get(&self, t: &Tuple) -> Option<Entry>;
+    /// A packet of tuple `t`: if a flow holds it, refresh the flow's expiry
+    /// to `expires` and say so.
+    fn refresh(&self, t: &Tuple, expires: u64) -> bool;
     /// Insert both tuples of a flow.
-    fn insert(&self, e: Entry);
+    fn insert(&self, c: Arc<Conn>);
     /// Remove both tuples of a flow.
-    fn remove(&self, e: &Entry);
+    fn remove(&self, c: &Conn);
+    /// The expiry of the flow holding `t`, if any.
+    fn expires(&self, t: &Tuple) -> Option<u64>;
 }
 
 /// `parking_lot::Mutex<HashMap>`.
-pub struct MutexMap(Mutex<HashMap<Tuple, Entry, Hasher>>);
+pub struct MutexMap(Mutex<HashMap<Tuple, Arc<Conn>, Hasher>>);
 
 /// `DashMap`.
-pub struct Dash(DashMap<Tuple, Entry, Hasher>);
+pub struct Dash(DashMap<Tuple, Arc<Conn>, Hasher>);
 
 fn hasher() -> Hasher {
     ahash::RandomState::with_seeds(1, 2, 3, 4)
@@ -66,41 +87,47 @@ impl Dash {
 }
 
 impl Map for MutexMap {
-    fn get(&self, t: &Tuple) -> Option<Entry> {
-        self.0.lock().get(t).copied()
+    fn refresh(&self, t: &Tuple, expires: u64) -> bool {
+        self.0.lock().get(t).map(|c| c.refresh(expires)).is_some()
     }
-    fn insert(&self, e: Entry) {
+    fn insert(&self, c: Arc<Conn>) {
         let mut m = self.0.lock();
-        m.insert(e.orig, e);
-        m.insert(e.reply, e);
+        m.insert(c.orig, c.clone());
+        m.insert(c.reply, c);
     }
-    fn remove(&self, e: &Entry) {
+    fn remove(&self, c: &Conn) {
         let mut m = self.0.lock();
-        m.remove(&e.orig);
-        m.remove(&e.reply);
+        m.remove(&c.orig);
+        m.remove(&c.reply);
+    }
+    fn expires(&self, t: &Tuple) -> Option<u64> {
+        self.0.lock().get(t).map(|c| c.expires.load(Ordering::Relaxed))
     }
 }
 
 impl Map for Dash {
-    fn get(&self, t: &Tuple) -> Option<Entry> {
-        self.0.get(t).map(|e| *e)
+    fn refresh(&self, t: &Tuple, expires: u64) -> bool {
+        self.0.get(t).map(|c| c.refresh(expires)).is_some()
     }
-    fn insert(&self, e: Entry) {
-        self.0.insert(e.orig, e);
-        self.0.insert(e.reply, e);
+    fn insert(&self, c: Arc<Conn>) {
+        self.0.insert(c.orig, c.clone());
+        self.0.insert(c.reply, c);
     }
-    fn remove(&self, e: &Entry) {
-        self.0.remove(&e.orig);
-        self.0.remove(&e.reply);
+    fn remove(&self, c: &Conn) {
+        self.0.remove(&c.orig);
+        self.0.remove(&c.reply);
+    }
+    fn expires(&self, t: &Tuple) -> Option<u64> {
+        self.0.get(t).map(|c| c.expires.load(Ordering::Relaxed))
     }
 }
 
 /// The baseline workloads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
-    /// Lookups of established flows.
+    /// Packets of established flows.
     Lookup,
-    /// 80 % lookups, 15 % new flows, 5 % removals.
+    /// 80 % packets of established flows, 15 % new flows, 5 % removals.
     Mixed,
 }
 
@@ -113,33 +140,46 @@ pub struct Speed {
     pub ops_per_s: f64,
 }
 
-fn flow(w: usize, i: u64, dport: u16) -> (Tuple, Tuple) {
+/// One baseline run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// What the workers do.
+    pub workload: Workload,
+    /// Worker threads.
+    pub threads: usize,
+    /// Established flows.
+    pub flows: u32,
+    /// Busy work before a new flow's insert, as the engine's between lookup and confirm.
+    pub window_spins: u64,
+    /// Worker `i` draws its flows with seed `seed + i`.
+    pub seed: u64,
+    /// The kernel profile's timer frequency: expiries are in jiffies of `1/hz` s.
+    pub hz: u32,
+}
+
+/// A refreshed flow's timeout, in seconds (the UDP stream timeout). Only
+/// whether the expiry moved matters to the speed, not how far.
+const TIMEOUT_S: u64 = 120;
+
+/// Worker `w`'s `i`-th flow to port `dport`, as the engine's workers number theirs.
+fn flow(w: usize, i: u64, dport: u16) -> Conn {
     let client = Ipv4Addr::from(0x0a00_0000 | ((w as u32 & 0xff) << 16) | ((i >> 14) as u32 & 0xffff));
     let orig = Tuple::udp(client, 1024 + (i & 0x3fff) as u16, Ipv4Addr::new(10, 96, 0, 10), dport);
     let reply = orig.invert().with_src(Ipv4Addr::new(10, 245, 0, 2).into(), dport);
-    (orig, reply)
+    Conn { orig, reply, expires: AtomicU64::new(0) }
 }
 
-/// Run `workload` on `map` with `threads` threads, `flows` established
-/// flows, until `keep_going(ops so far)` is false. A new flow does
-/// `window_spins` of busy work before its insert, as the engine's does
-/// between lookup and confirm. Returns the ops done.
-pub fn run<M: Map>(
-    map: &M,
-    workload: Workload,
-    threads: usize,
-    flows: u32,
-    window_spins: u64,
-    seed: u64,
-    keep_going: impl FnMut(u64) -> bool,
-) -> u64 {
-    let threads = threads.max(1);
-    for i in 0..u64::from(flows) {
+/// Run `cfg` on `map` until `keep_going(ops so far)` is false. Returns the
+/// ops done.
+pub fn run<M: Map>(map: &M, cfg: &Config, keep_going: impl FnMut(u64) -> bool) -> u64 {
+    let threads = cfg.threads.max(1);
+    for i in 0..u64::from(cfg.flows) {
         let w = (i % threads as u64) as usize;
-        let (orig, reply) = flow(w, i / threads as u64, 53);
-        map.insert(Entry { orig, reply, seen: 0 });
+        map.insert(Arc::new(flow(w, i / threads as u64, 53)));
     }
-    let per = u64::from(flows) / threads as u64;
+    let per = u64::from(cfg.flows) / threads as u64;
+    let jiffy_ns = 1_000_000_000 / u64::from(cfg.hz.max(1));
+    let timeout = TIMEOUT_S * u64::from(cfg.hz);
     let done: Vec<CachePadded<AtomicU64>> = (0..threads).map(|_| CachePadded::new(AtomicU64::new(0))).collect();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let mut keep_going = keep_going;
@@ -147,26 +187,31 @@ pub fn run<M: Map>(
         for (w, done) in done.iter().enumerate() {
             let stop = &stop;
             s.spawn(move || {
-                let mut rng = Pcg64Mcg::seed_from_u64(seed + w as u64);
-                let mut ring: Vec<Option<Entry>> = vec![None; (flows as usize / threads).max(1)];
-                let (mut at, mut next, mut ops) = (0usize, 0u64, 0u64);
+                let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed + w as u64);
+                let mut ring: Vec<Option<Arc<Conn>>> = vec![None; (cfg.flows as usize / threads).max(1)];
+                let (mut at, mut next, mut ops, mut now) = (0usize, 0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..1024 {
-                        let r = if workload == Workload::Lookup { 0 } else { rng.random_range(0..100) };
+                        // The engine's workers advance their clocks by the same step.
+                        now += STEP;
+                        let expires = now / jiffy_ns + timeout;
+                        let r = if cfg.workload == Workload::Lookup { 0 } else { rng.random_range(0..100) };
                         if r < 80 {
                             if per > 0 {
-                                let (t, _) = flow(w, rng.random_range(0..per), 53);
-                                std::hint::black_box(map.get(&t));
+                                let t = flow(w, rng.random_range(0..per), 53).orig;
+                                std::hint::black_box(map.refresh(&t, expires));
                             }
                         } else {
                             let new = (r < 95).then(|| {
-                                let (orig, reply) = flow(w, next, 5353);
+                                let c = flow(w, next, 5353);
                                 next += 1;
-                                if map.get(&orig).is_none() {
-                                    racetrack_engine::threads::spin_work(window_spins);
-                                    map.insert(Entry { orig, reply, seen: ops });
+                                c.expires.store(expires, Ordering::Relaxed);
+                                let c = Arc::new(c);
+                                if !map.refresh(&c.orig, expires) {
+                                    spin_work(cfg.window_spins);
+                                    map.insert(c.clone());
                                 }
-                                Entry { orig, reply, seen: ops }
+                                c
                             });
                             if let Some(old) = std::mem::replace(&mut ring[at], new) {
                                 map.remove(&old);
@@ -191,17 +236,43 @@ pub fn run<M: Map>(
 mod tests {
     use super::*;
 
+    fn cfg(workload: Workload) -> Config {
+        Config { workload, threads: 2, flows: 1000, window_spins: 0, seed: 1, hz: 250 }
+    }
+
+    fn check<M: Map>(m: &M, workload: Workload) {
+        assert!(run(m, &cfg(workload), |n| n < 20_000) >= 20_000);
+        // Established flows are never removed: both tuples of each stay,
+        // and both lead to the one shared flow.
+        let c = flow(0, 3, 53);
+        let (o, r) = (m.expires(&c.orig), m.expires(&c.reply));
+        assert!(o.is_some() && o == r, "{o:?} {r:?}");
+        // Packets refreshed the flows: some expiry moved past the preload's 0,
+        // to the jiffy of the clock then plus the timeout.
+        let moved = (0..500).filter_map(|i| m.expires(&flow(0, i, 53).orig)).filter(|&e| e > 0).count();
+        assert!(moved > 0, "no flow was refreshed");
+        assert!((0..500).filter_map(|i| m.expires(&flow(0, i, 53).orig)).all(|e| e == 0 || e >= TIMEOUT_S * 250));
+        // New flows of `mixed` live on port 5353 and are removed in turn.
+        let gone = flow(0, 0, 5353);
+        assert_eq!(m.expires(&gone.orig), None);
+    }
+
     #[test]
-    fn both_baselines_run_both_workloads_and_keep_their_flows() {
+    fn both_baselines_run_both_workloads_refresh_and_keep_their_flows() {
         for workload in [Workload::Lookup, Workload::Mixed] {
-            let m = MutexMap::new(1000);
-            assert!(run(&m, workload, 2, 1000, 0, 1, |n| n < 20_000) >= 20_000);
-            // Established flows are never removed: both tuples of each stay.
-            let (o, r) = flow(0, 3, 53);
-            assert!(m.get(&o).is_some() && m.get(&r).is_some());
-            let d = Dash::new(1000);
-            assert!(run(&d, workload, 2, 1000, 0, 1, |n| n < 20_000) >= 20_000);
-            assert!(d.get(&o).is_some());
+            check(&MutexMap::new(1000), workload);
+            check(&Dash::new(1000), workload);
         }
+    }
+
+    #[test]
+    fn a_refresh_moves_the_shared_expiry_and_ignores_unknown_tuples() {
+        let m = Dash::new(1);
+        let c = Arc::new(flow(0, 0, 53));
+        m.insert(c.clone());
+        assert!(m.refresh(&c.reply, 7));
+        assert_eq!(m.expires(&c.orig), Some(7));
+        assert!(!m.refresh(&flow(0, 1, 53).orig, 9), "an unknown tuple is not refreshed");
+        assert_eq!(m.expires(&c.orig), Some(7));
     }
 }

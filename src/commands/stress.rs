@@ -222,11 +222,18 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
                 let (ops, secs) = timed(&limit(label), |k| map(k));
                 Speed { ops, ops_per_s: ops as f64 / secs }
             };
+            let bc = baseline::Config {
+                workload: bw,
+                threads: a.threads,
+                flows: a.flows,
+                window_spins,
+                seed: a.seed,
+                hz: profile.conntrack.hz,
+            };
             let dash = Dash::new(a.flows as usize);
-            let dashmap = speed(&|k| baseline::run(&dash, bw, a.threads, a.flows, window_spins, a.seed, k), "dashmap");
+            let dashmap = speed(&|k| baseline::run(&dash, &bc, k), "dashmap");
             let mutex = MutexMap::new(a.flows as usize);
-            let mutex_hashmap =
-                speed(&|k| baseline::run(&mutex, bw, a.threads, a.flows, window_spins, a.seed, k), "mutex_hashmap");
+            let mutex_hashmap = speed(&|k| baseline::run(&mutex, &bc, k), "mutex_hashmap");
             Some(Baselines { dashmap, mutex_hashmap })
         }
     };
