@@ -61,11 +61,13 @@ pub(crate) struct Spans {
     pub udp_stream_after: Option<Nanos>,
     pub icmp: u32,
     pub nat_clash: u32,
+    /// `refresh_min`, in jiffies.
+    pub refresh_min: u32,
     tcp: [u32; 8],
 }
 
 impl Spans {
-    pub fn new(j: &Jiffies, t: &Timeouts, nat_clash: Duration) -> Self {
+    pub fn new(j: &Jiffies, t: &Timeouts, nat_clash: Duration, refresh_min: Duration) -> Self {
         let tcp = [
             t.tcp_established, // None: picked up mid-stream
             t.tcp_syn_sent,
@@ -82,6 +84,7 @@ impl Spans {
             udp_stream_after: t.udp_stream_after.map(|d| d.as_nanos() as Nanos),
             icmp: j.span(t.icmp),
             nat_clash: j.span(nat_clash),
+            refresh_min: j.span(refresh_min),
             tcp: tcp.map(|d| j.span(d)),
         }
     }

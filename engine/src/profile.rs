@@ -88,6 +88,13 @@ pub struct ConntrackProfile {
     /// Timer frequency: timeouts are kept in jiffies of `1/hz` s, so a refresh
     /// within the same jiffy writes nothing.
     pub hz: u32,
+    /// A packet moves its connection's timeout only if that makes it expire
+    /// at least this much later (or earlier at all). Kernels before 4.7 kept
+    /// a timer per entry and re-armed it only when the new expiry was at
+    /// least `HZ` jiffies (1 s) past the old one; 4.7 replaced the timer by a
+    /// stored expiry, written whenever it changes (0). Absent: 0.
+    #[serde(default, with = "humantime_serde")]
+    pub refresh_min: Duration,
 }
 
 /// Which counter moves on which outcome (their meaning changed between versions).

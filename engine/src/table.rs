@@ -412,7 +412,8 @@ impl Conntrack {
         };
         let hash_key = [next(), next(), next(), next()];
         let jiffies = Jiffies::new(profile.conntrack.hz);
-        let spans = Spans::new(&jiffies, &profile.timeouts, profile.conntrack.nat_clash_timeout);
+        let spans =
+            Spans::new(&jiffies, &profile.timeouts, profile.conntrack.nat_clash_timeout, profile.conntrack.refresh_min);
         Self {
             jiffies,
             spans,
@@ -1268,8 +1269,16 @@ impl Conntrack {
                     None => return self.kill_then(p.conn, at, Update::Reopen),
                 },
             };
-            let expires =
-                if status.contains(Status::FIXED_TIMEOUT) { state::expires(w) } else { now.wrapping_add(timeout) };
+            let old = state::expires(w);
+            let new = now.wrapping_add(timeout);
+            // A new expiry less than `refresh_min` past the old one leaves it
+            // (an earlier one wraps to a large difference and is taken), as
+            // the timer-based kernels' `newtime - expires >= HZ`.
+            let expires = if status.contains(Status::FIXED_TIMEOUT) || new.wrapping_sub(old) < sp.refresh_min {
+                old
+            } else {
+                new
+            };
             let nw = state::pack(expires, status, tcp, p.conn.gen);
             if nw == w {
                 return Update::Accepted;

@@ -381,3 +381,35 @@ fn ipv6_races_like_ipv4() {
         assert_eq!(t.lookup(&q.invert(), at).unwrap().orig, q);
     }
 }
+
+/// Timer-based conntrack (before 4.7) re-armed an entry's timer only when
+/// the packet moved the expiry at least `HZ` jiffies (1 s) later; 4.7 and
+/// later store the new expiry whenever it changes. Written from the kernel
+/// versions, not from the profile field.
+#[test]
+fn a_refresh_moves_the_expiry_by_at_least_a_second_before_4_7() {
+    for kernel in preset_names() {
+        let kernel = kernel.as_str();
+        let timer_based = matches!(kernel, "3.10" | "rhel-7.8" | "4.4");
+        let t = Conntrack::new(preset(kernel).unwrap(), 1, 1);
+        let q = dns_query();
+        let at = |ms: u64| At::new(0, ms * 1_000_000);
+        let ct = t.new_conn(q, TcpFlags::default(), at(0)).unwrap();
+        let Confirm::Inserted(first) = t.confirm(ct, at(0), &mut Pcg64Mcg::seed_from_u64(1)) else {
+            panic!("{kernel}: not inserted")
+        };
+        // A packet half a second later, then one a second and a half after the insert.
+        for (ms, moves) in [(500, !timer_based), (1_500, true)] {
+            let hit = t.lookup(&q, at(ms)).expect("live");
+            t.update(&hit, TcpFlags::default(), at(ms));
+            let now = t.lookup(&q, at(ms)).expect("live").expires;
+            let moved = now > first.expires;
+            assert_eq!(moved, moves, "{kernel}: a packet at {ms} ms moved the expiry {} -> {now}", first.expires);
+            if moved {
+                // Moved to the packet's time plus the UDP timeout, to the jiffy.
+                let want = first.expires + ms * 1_000_000;
+                assert!(now.abs_diff(want) <= 4_000_000, "{kernel}: {now} vs {want}");
+            }
+        }
+    }
+}

@@ -29,6 +29,8 @@ fn v3_10() -> KernelProfile {
             max: 65536,
             early_drop_buckets: 8,
             hz: 250,
+            // Timer-based conntrack: re-armed only when it moves >= HZ jiffies.
+            refresh_min: secs(1),
         },
         counters: CounterSemantics {
             insert: true,
@@ -107,6 +109,8 @@ pub fn presets() -> Vec<KernelProfile> {
             p.conntrack.clash = ClashPolicy::MergeWithoutNat;
             p.conntrack.allow_clash = vec![L4Proto::Udp];
             p.counters.drop_on_clash = true;
+            // 4.7 dropped the per-entry timer: the expiry is written whenever it changes.
+            p.conntrack.refresh_min = Duration::ZERO;
         },
     );
     let v4_14 = derive(
