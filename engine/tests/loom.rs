@@ -2,7 +2,7 @@
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p racetrack-engine --release --test loom --target-dir target/loom`
-//! (`scripts/test` does). Each model is small (two threads, a four-bucket
+//! (`scripts/test` does). Each model is small (two threads, a one- to four-bucket
 //! table) and named after the interleaving it checks.
 #![cfg(loom)]
 
