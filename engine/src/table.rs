@@ -707,6 +707,7 @@ impl Conntrack {
     /// followed by [`Conntrack::update`], without copying the entry out:
     /// the state word read by the walk is the one the update starts from.
     /// `None` on a miss.
+    #[inline]
     pub fn track(&self, tuple: &Tuple, flags: TcpFlags, at: At) -> Option<Tracked> {
         match tuple.family() {
             Family::V4 => self.track_k(&V4Key::pack(tuple)?, tuple.proto, flags, at),
