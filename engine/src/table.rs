@@ -529,7 +529,7 @@ impl Conntrack {
 
     // ----- lockless node reads -------------------------------------------------
 
-    /// The link word a node points on with (its successor's).
+    /// The word holding node `node`'s link to its successor.
     #[inline(always)]
     fn links_of(&self, node: u32) -> &AtomicU64 {
         let (idx, dir) = decode(node);
@@ -541,8 +541,10 @@ impl Conntrack {
     }
 
     /// Read node `node` of family `K`, and the rest of its entry if its
-    /// tuple equals `key`: `seq`, the tuple words, the link, the state word
-    /// and the other tuple, then `seq` again.
+    /// tuple equals `key`. `seq` and the tuple words first; on a match the
+    /// state word, the creation time and the other tuple (not the link:
+    /// `Node::next` is 0), otherwise the link (and, with no key, the state
+    /// word); then `seq` again.
     #[inline(always)]
     fn read_node<K: FamilyKey>(&self, node: u32, key: Option<&K>) -> Result<(Node, Option<(Nanos, K)>), Restart> {
         let (idx, dir) = decode(node);
