@@ -291,6 +291,11 @@ struct Events {
     /// Its key is packed like a packet event's (see [`timer_key`]), `u128::MAX`
     /// when there is no timer.
     timer_first: (u128, TimerAt),
+    /// The lane each stream last went to, tried first: arrivals, each CPU's
+    /// stages, timers. A miss costs the full scan.
+    arrive_lane: usize,
+    stage_lane: Vec<u8>,
+    timer_lane: usize,
     seq: u64,
     /// Packets in flight, by id; ids are reused through `free`.
     packets: Vec<Packet>,
@@ -305,6 +310,9 @@ impl Default for Events {
             timer_lanes: Lanes::default(),
             timers: TimerQueue::default(),
             timer_first: (u128::MAX, TimerAt::Queue),
+            arrive_lane: 0,
+            stage_lane: Vec::new(),
+            timer_lane: 0,
             seq: 0,
             packets: Vec::new(),
             free: Vec::new(),
@@ -330,9 +338,10 @@ impl Events {
     fn requeue(&mut self, at: Nanos, seq: u64, ev: Ev) {
         match ev {
             Ev::Timer(token) => {
-                let lane = self.timer_lanes.push((at, seq, token));
-                if lane.is_none() {
-                    self.timers.push(at, seq, token);
+                let lane = self.timer_lanes.push((at, seq, token), self.timer_lane);
+                match lane {
+                    Some(i) => self.timer_lane = i,
+                    None => self.timers.push(at, seq, token),
                 }
                 let k = timer_key(at, seq);
                 if k < self.timer_first.0 {
@@ -341,8 +350,24 @@ impl Events {
             }
             ev => {
                 let k = pack(at, seq, ev);
-                if self.lanes.push(k).is_none() {
-                    self.heap.push(Reverse(k));
+                let hint = match ev {
+                    Ev::Arrive(_) => self.arrive_lane,
+                    Ev::Stage(cpu) => self.stage_lane.get(cpu as usize).map_or(0, |&l| usize::from(l)),
+                    _ => 0,
+                };
+                match self.lanes.push(k, hint) {
+                    Some(i) => match ev {
+                        Ev::Arrive(_) => self.arrive_lane = i,
+                        Ev::Stage(cpu) => {
+                            let cpu = cpu as usize;
+                            if cpu >= self.stage_lane.len() {
+                                self.stage_lane.resize(cpu + 1, 0);
+                            }
+                            self.stage_lane[cpu] = i as u8;
+                        }
+                        _ => {}
+                    },
+                    None => self.heap.push(Reverse(k)),
                 }
             }
         }
@@ -450,9 +475,18 @@ impl<T: LaneKey> Default for Lanes<T> {
 }
 
 impl<T: LaneKey> Lanes<T> {
-    /// Append `k` to a lane; `None` if every lane's last key is above `k`.
+    /// Append `k` to a lane: to lane `hint` if it holds keys and they are all
+    /// below `k` (a stream keeping to its lane), else to the one whose last
+    /// key is the largest below `k`, else to an empty one; `None` if every
+    /// lane's last key is above `k`.
     #[inline(always)]
-    fn push(&mut self, k: T) -> Option<usize> {
+    fn push(&mut self, k: T, hint: usize) -> Option<usize> {
+        let h = self.backs[hint];
+        if h < k && h != T::NONE_BACK {
+            self.backs[hint] = k;
+            self.lanes[hint].push_back(k);
+            return Some(hint);
+        }
         // The largest last key below `k`; an empty lane's counts as the smallest.
         let mut best = None;
         let mut best_back = T::NONE_BACK;
@@ -567,6 +601,7 @@ impl<'t> Sim<'t> {
         self.table
     }
 
+    #[inline(always)]
     fn push(&mut self, at: Nanos, ev: Ev) {
         self.events.push(at, ev);
     }
@@ -610,9 +645,9 @@ impl<'t> Sim<'t> {
         f(&mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events });
     }
 
-    fn steer(&mut self, pkt: &Packet) -> usize {
-        let n = self.cpus.len();
-        match self.cfg.steering {
+    /// The CPU `pkt` lands on (of `n`); `bursts` remembers where recent bursts began.
+    fn steer(steering: Steering, n: usize, rng: &mut Pcg64Mcg, bursts: &mut Vec<(u64, usize)>, pkt: &Packet) -> usize {
+        match steering {
             Steering::Sender => pkt.sender_cpu % n,
             Steering::FlowHash => {
                 // Symmetric in the two endpoints, as RSS with a symmetric key is.
@@ -624,31 +659,31 @@ impl<'t> Sim<'t> {
                 }
                 (h % n as u64) as usize
             }
-            Steering::Random => self.rng.random_range(0..n),
+            Steering::Random => rng.random_range(0..n),
             Steering::Spread { split } => {
                 let home = pkt.sender_cpu % n;
                 let Some(burst) = pkt.burst else { return home };
                 // A burst's packets arrive together: the last few bursts suffice,
                 // newest first.
-                if let Some(&(_, first)) = self.bursts.iter().rev().find(|(b, _)| *b == burst) {
-                    if n > 1 && self.rng.random_bool(split.clamp(0.0, 1.0)) {
-                        let other = self.rng.random_range(0..n - 1);
+                if let Some(&(_, first)) = bursts.iter().rev().find(|(b, _)| *b == burst) {
+                    if n > 1 && rng.random_bool(split.clamp(0.0, 1.0)) {
+                        let other = rng.random_range(0..n - 1);
                         return if other >= first { other + 1 } else { other };
                     }
                     return first;
                 }
-                if self.bursts.len() >= 16 {
-                    self.bursts.remove(0);
+                if bursts.len() >= 16 {
+                    bursts.remove(0);
                 }
-                self.bursts.push((burst, home));
+                bursts.push((burst, home));
                 home
             }
         }
     }
 
     fn arrive(&mut self, id: u32) {
-        let pkt = self.events.packets[id as usize];
-        let cpu = self.steer(&pkt);
+        let pkt = &self.events.packets[id as usize];
+        let cpu = Self::steer(self.cfg.steering, self.cpus.len(), &mut self.rng, &mut self.bursts, pkt);
         let i = id as usize;
         if i >= self.flights.len() {
             self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None, snat: None });
@@ -692,7 +727,8 @@ impl<'t> Sim<'t> {
         let id = self.cpus[cpu].current.expect("stage on an idle cpu");
         let at = At::new(cpu, self.now);
         let table = self.table;
-        let pkt = self.events.packets[id as usize];
+        let pkt = &self.events.packets[id as usize];
+        let (nat, tag) = (pkt.nat, pkt.tag);
         let done = match self.flights[id as usize].stage {
             Stage::Lookup => {
                 if pkt.notrack {
@@ -772,7 +808,7 @@ impl<'t> Sim<'t> {
         };
         let Some((verdict, out)) = done else {
             // Skip stages with nothing to do for this packet, keeping their time.
-            let (has_dnat, has_snat) = pkt.nat.map_or((false, false), |n| {
+            let (has_dnat, has_snat) = nat.map_or((false, false), |n| {
                 (self.rules[n.0 as usize].dnat.is_some(), self.rules[n.0 as usize].snat.is_some())
             });
             let mut next = match self.flights[id as usize].stage {
@@ -801,7 +837,7 @@ impl<'t> Sim<'t> {
         if c.current.is_some() {
             self.schedule_stage(cpu, Stage::Lookup);
         }
-        Some(Delivered { tag: pkt.tag, cpu, verdict, out, snat })
+        Some(Delivered { tag, cpu, verdict, out, snat })
     }
 }
 
