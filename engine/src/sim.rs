@@ -625,9 +625,7 @@ impl<'t> Sim<'t> {
             match ev {
                 Ev::Arrive(id) => self.arrive(id),
                 Ev::Stage(cpu) => {
-                    if let Some(d) = self.stage(cpu as usize) {
-                        self.with_cx(|cx| w.delivered(cx, d));
-                    }
+                    self.stage(cpu as usize, w);
                 }
                 Ev::Timer(token) => self.with_cx(|cx| w.timer(cx, token)),
                 Ev::Gc => {
@@ -725,8 +723,9 @@ impl<'t> Sim<'t> {
         self.push(self.now + d, Ev::Stage(cpu as u32));
     }
 
-    /// Run the current packet's stage on `cpu`; `Some` when the packet is done.
-    fn stage(&mut self, cpu: usize) -> Option<Delivered> {
+    /// Run the current packet's stage on `cpu`; when the packet is done, hand
+    /// it to `w` (built in place: a `Delivered` is a few hundred bytes).
+    fn stage<W: Workload>(&mut self, cpu: usize, w: &mut W) {
         let id = self.cpus[cpu].current.expect("stage on an idle cpu");
         let at = At::new(cpu, self.now);
         let table = self.table;
@@ -829,7 +828,7 @@ impl<'t> Sim<'t> {
                 next = Stage::Confirm;
             }
             self.schedule_stage_after(cpu, next, extra);
-            return None;
+            return;
         };
         debug_assert!(self.flights[id as usize].ct.is_none());
         let snat = self.flights[id as usize].snat.take();
@@ -840,7 +839,10 @@ impl<'t> Sim<'t> {
         if c.current.is_some() {
             self.schedule_stage(cpu, Stage::Lookup);
         }
-        Some(Delivered { tag, cpu, verdict, out, snat })
+        w.delivered(
+            &mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events },
+            Delivered { tag, cpu, verdict, out, snat },
+        );
     }
 }
 
