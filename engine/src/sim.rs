@@ -723,32 +723,31 @@ impl<'t> Sim<'t> {
         self.push(self.now + d, Ev::Stage(cpu as u32));
     }
 
-    /// Run the current packet's stage on `cpu`; when the packet is done, hand
-    /// it to `w` (built in place: a `Delivered` is a few hundred bytes).
+    /// Run the current packet's stage on `cpu`; when the packet is done, hand it to `w`.
     fn stage<W: Workload>(&mut self, cpu: usize, w: &mut W) {
         let id = self.cpus[cpu].current.expect("stage on an idle cpu");
         let at = At::new(cpu, self.now);
         let table = self.table;
         let pkt = &self.events.packets[id as usize];
         let (nat, tag) = (pkt.nat, pkt.tag);
-        let done = match self.flights[id as usize].stage {
+        // A stage that finishes the packet returns through `finish`; the others
+        // fall through to scheduling the next stage.
+        match self.flights[id as usize].stage {
             Stage::Lookup => {
+                let tuple = pkt.tuple;
                 if pkt.notrack {
-                    Some((Verdict::Untracked, pkt.tuple))
-                } else if let Some(hit) = table.lookup(&pkt.tuple, at) {
+                    return self.finish(cpu, id, tag, w, Verdict::Untracked, tuple);
+                } else if let Some(hit) = table.lookup(&tuple, at) {
                     let update = table.update(&hit, pkt.flags, at);
                     let out = match hit.dir {
                         crate::Dir::Original => hit.reply.invert(),
                         crate::Dir::Reply => hit.orig.invert(),
                     };
-                    Some((Verdict::Established(hit, update), out))
+                    return self.finish(cpu, id, tag, w, Verdict::Established(hit, update), out);
                 } else {
-                    match table.new_conn(pkt.tuple, pkt.flags, at) {
-                        Ok(ct) => {
-                            self.flights[id as usize].ct = Some(ct);
-                            None
-                        }
-                        Err(_) => Some((Verdict::TableFull, pkt.tuple)),
+                    match table.new_conn(tuple, pkt.flags, at) {
+                        Ok(ct) => self.flights[id as usize].ct = Some(ct),
+                        Err(_) => return self.finish(cpu, id, tag, w, Verdict::TableFull, tuple),
                     }
                 }
             }
@@ -761,7 +760,6 @@ impl<'t> Sim<'t> {
                         ct.dnat(addr, port);
                     }
                 }
-                None
             }
             Stage::Snat => {
                 // Allocations made on other CPUs and not yet confirmed: invisible to this search.
@@ -796,7 +794,6 @@ impl<'t> Sim<'t> {
                         f.snat = Some(SnatDone { outcome: o, racing });
                     }
                 }
-                None
             }
             Stage::Confirm => {
                 let ct = self.flights[id as usize].ct.take().expect("confirm without an entry");
@@ -805,10 +802,10 @@ impl<'t> Sim<'t> {
                     Confirm::Inserted(h) | Confirm::Merged(h) | Confirm::NatClash(h) => h.reply.invert(),
                     Confirm::Dropped(_) => pkt.tuple,
                 };
-                Some((Verdict::New(c), out))
+                return self.finish(cpu, id, tag, w, Verdict::New(c), out);
             }
-        };
-        let Some((verdict, out)) = done else {
+        }
+        {
             // Skip stages with nothing to do for this packet, keeping their time.
             let (has_dnat, has_snat) = nat.map_or((false, false), |n| {
                 (self.rules[n.0 as usize].dnat.is_some(), self.rules[n.0 as usize].snat.is_some())
@@ -828,8 +825,14 @@ impl<'t> Sim<'t> {
                 next = Stage::Confirm;
             }
             self.schedule_stage_after(cpu, next, extra);
-            return;
-        };
+        }
+    }
+
+    /// The packet `id` on `cpu` is done: free its slot, start the CPU's next
+    /// packet, then hand this one to `w` (built in place: a `Delivered` is a
+    /// few hundred bytes).
+    #[inline(always)]
+    fn finish<W: Workload>(&mut self, cpu: usize, id: u32, tag: u64, w: &mut W, verdict: Verdict, out: Tuple) {
         debug_assert!(self.flights[id as usize].ct.is_none());
         let snat = self.flights[id as usize].snat.take();
         self.events.free.push(id);
