@@ -9,7 +9,7 @@
 
 use std::marker::PhantomData;
 
-use crate::sync::{zeroed_slice, AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering, ZeroDefault};
+use crate::sync::{zeroed_slice, AtomicPtr, AtomicU32, AtomicU64, CachePadded, Mutex, Ordering, ZeroDefault};
 use crate::tuple::Packed;
 
 #[cfg(not(loom))]
@@ -17,6 +17,13 @@ const CHUNK_SHIFT: u32 = 12;
 #[cfg(loom)]
 const CHUNK_SHIFT: u32 = 2;
 const CHUNK: usize = 1 << CHUNK_SHIFT;
+
+/// Free slots each CPU keeps for itself, at most (see [`Slab::alloc`]).
+#[cfg(not(loom))]
+pub(crate) const CPU_CACHE: usize = 32;
+/// Free slots each CPU keeps for itself, at most (see [`Slab::alloc`]).
+#[cfg(loom)]
+pub(crate) const CPU_CACHE: usize = 1;
 
 /// One connection: both tuples, the state word, the creation time. Its two
 /// chain links live apart, in [`Links`].
@@ -103,12 +110,19 @@ pub(crate) struct Slab<K: Packed> {
     /// Treiber stack of free slots: `tag << 32 | (idx + 1)`, 0 when empty.
     /// The tag defeats ABA.
     free: AtomicU64,
+    /// Free slots kept per CPU, as SLUB keeps per-CPU slabs: a CPU's
+    /// removals feed its own new connections, and only an empty or full
+    /// cache touches the shared list, whose head every CPU would otherwise
+    /// write on every insert and removal.
+    caches: Box<[CachePadded<Mutex<Vec<u32>>>]>,
     cap: u32,
 }
 
 impl<K: Packed> Slab<K> {
-    /// Storage for at most `cap` slots.
-    pub fn new(cap: u32) -> Self {
+    /// Storage for at most `cap` slots, used by `ncpus` CPUs. Up to
+    /// `ncpus * CPU_CACHE` free slots may sit in CPU caches, out of reach of
+    /// the other CPUs: the caller sizes `cap` with that room.
+    pub fn new(cap: u32, ncpus: usize) -> Self {
         let nchunks = (cap as usize).div_ceil(CHUNK);
         Self {
             chunks: (0..nchunks).map(|_| AtomicPtr::new(std::ptr::null_mut())).collect(),
@@ -116,8 +130,15 @@ impl<K: Packed> Slab<K> {
             grow: Mutex::new(()),
             fresh: AtomicU32::new(0),
             free: AtomicU64::new(0),
+            caches: (0..ncpus.max(1))
+                .map(|_| CachePadded::new(Mutex::new(Vec::with_capacity(CPU_CACHE + 1))))
+                .collect(),
             cap,
         }
+    }
+
+    fn cache(&self, cpu: usize) -> &Mutex<Vec<u32>> {
+        &self.caches[cpu % self.caches.len()]
     }
 
     /// The slot at `idx`.
@@ -145,8 +166,29 @@ impl<K: Packed> Slab<K> {
         unsafe { &*chunk.add(idx as usize & (CHUNK - 1)) }
     }
 
-    /// Take a free slot, or `None` if all `cap` are in use.
-    pub fn alloc(&self) -> Option<u32> {
+    /// Take a free slot for `cpu`: from its cache, else from the shared
+    /// list, else a fresh one; `None` if none is left.
+    pub fn alloc(&self, cpu: usize) -> Option<u32> {
+        if let Some(idx) = self.cache(cpu).lock().pop() {
+            return Some(idx);
+        }
+        self.alloc_shared()
+    }
+
+    /// Return a slot on `cpu`. The caller has unlinked it from every chain.
+    /// A full cache first gives its oldest half back to the shared list.
+    pub fn free(&self, cpu: usize, idx: u32) {
+        let mut cache = self.cache(cpu).lock();
+        if cache.len() >= CPU_CACHE {
+            for old in cache.drain(..CPU_CACHE.div_ceil(2)) {
+                self.free_shared(old);
+            }
+        }
+        cache.push(idx);
+    }
+
+    /// Take a slot from the shared list, or a fresh one.
+    fn alloc_shared(&self) -> Option<u32> {
         let mut head = self.free.load(Ordering::Acquire);
         while head as u32 != 0 {
             let idx = head as u32 - 1;
@@ -170,8 +212,8 @@ impl<K: Packed> Slab<K> {
         Some(idx)
     }
 
-    /// Return a slot. The caller has unlinked it from every chain.
-    pub fn free(&self, idx: u32) {
+    /// Put a slot on the shared list.
+    fn free_shared(&self, idx: u32) {
         let slot = self.slot(idx);
         let mut head = self.free.load(Ordering::Relaxed);
         loop {
@@ -246,19 +288,45 @@ mod tests {
 
     #[test]
     fn alloc_reuses_freed_slots_and_respects_cap() {
-        let s: Slab<V4Key> = Slab::new(3);
-        let a = s.alloc().unwrap();
-        let b = s.alloc().unwrap();
-        let c = s.alloc().unwrap();
-        assert_eq!(s.alloc(), None);
-        s.free(b);
-        assert_eq!(s.alloc(), Some(b));
-        s.free(a);
-        s.free(c);
-        let mut got = [s.alloc().unwrap(), s.alloc().unwrap()];
+        let s: Slab<V4Key> = Slab::new(3, 1);
+        let a = s.alloc(0).unwrap();
+        let b = s.alloc(0).unwrap();
+        let c = s.alloc(0).unwrap();
+        assert_eq!(s.alloc(0), None);
+        s.free(0, b);
+        assert_eq!(s.alloc(0), Some(b));
+        s.free(0, a);
+        s.free(0, c);
+        let mut got = [s.alloc(0).unwrap(), s.alloc(0).unwrap()];
         got.sort();
         assert_eq!(got, [a, c]);
-        assert_eq!(s.alloc(), None);
+        assert_eq!(s.alloc(0), None);
         assert_eq!(s.high_water(), 3);
+    }
+
+    #[test]
+    fn a_cpu_reuses_its_own_freed_slots_and_spills_a_full_cache() {
+        let n = 2 * CPU_CACHE as u32 + 4;
+        let s: Slab<V4Key> = Slab::new(n, 2);
+        let mine: Vec<u32> = (0..=CPU_CACHE).map(|_| s.alloc(0).unwrap()).collect();
+        // CPU 0 frees one more slot than its cache holds: the oldest half
+        // goes to the shared list, the rest stays cached.
+        for &i in &mine {
+            s.free(0, i);
+        }
+        assert_eq!(s.cache(0).lock().len(), CPU_CACHE + 1 - CPU_CACHE.div_ceil(2));
+        // CPU 0 gets its own last-freed slot back first.
+        assert_eq!(s.alloc(0), Some(mine[CPU_CACHE]));
+        // CPU 1 has no cache: it takes a spilled slot from the shared list.
+        let spilled = s.alloc(1).unwrap();
+        assert!(mine[..CPU_CACHE.div_ceil(2)].contains(&spilled), "{spilled} was not spilled");
+        // Everything can still be handed out, each slot once, and no more than `cap`.
+        let mut all: Vec<u32> = vec![mine[CPU_CACHE], spilled];
+        while let Some(i) = s.alloc(1).or_else(|| s.alloc(0)) {
+            all.push(i);
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n as usize);
     }
 }

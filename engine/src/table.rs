@@ -399,8 +399,9 @@ impl Conntrack {
         let nlocks = nbuckets.next_power_of_two().min(MAX_LOCKS);
         let ncpus = ncpus.max(1);
         // Room for `max` entries plus those whose unit of `count` was
-        // returned a moment before their slot (see `kill`).
-        let cap = (max + 2 * ncpus + 16) as u32;
+        // returned a moment before their slot (see `kill`), plus the free
+        // slots the CPUs' caches may hold out of each other's reach.
+        let cap = (max + 2 * ncpus + 16 + ncpus * crate::slab::CPU_CACHE) as u32;
         let mut s = seed;
         let mut next = || {
             // splitmix64: spreads one seed over four hash keys.
@@ -420,8 +421,8 @@ impl Conntrack {
             chain_limit: profile.conntrack.chain_limit,
             heads: (0..nbuckets).map(|b| AtomicU64::new(end_of(b))).collect(),
             locks: (0..nlocks).map(|_| CachePadded::new(Mutex::new(()))).collect(),
-            v4: Slab::new(cap),
-            v6: Slab::new(cap),
+            v4: Slab::new(cap, ncpus),
+            v6: Slab::new(cap, ncpus),
             count: CachePadded::new(AtomicUsize::new(0)),
             gc_cursor: CachePadded::new(AtomicUsize::new(0)),
             stats: Stats::new(ncpus),
@@ -990,7 +991,7 @@ impl Conntrack {
     ) -> Option<Hit> {
         let (bo, br) = (self.bucket(ho), self.bucket(hr));
         let slab = K::slab(self);
-        let idx = slab.alloc()?;
+        let idx = slab.alloc(at.cpu)?;
         let slot = slab.slot(idx);
         let now = self.jiffies(at.now);
         let mut status = ct.status | Status::CONFIRMED;
@@ -1104,7 +1105,7 @@ impl Conntrack {
         drop(guards);
         self.count.fetch_sub(1, Ordering::Relaxed);
         self.stats.tally(at.cpu, Tally::Removed);
-        slab.free(conn.idx);
+        slab.free(at.cpu, conn.idx);
         true
     }
 
