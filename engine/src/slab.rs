@@ -97,7 +97,8 @@ pub(crate) struct Links(pub [AtomicU64; 2]);
 // SAFETY: two atomics, zero by default.
 unsafe impl ZeroDefault for Links {}
 
-/// Chunked, type-stable slot storage with a lock-free free list.
+/// Chunked, type-stable slot storage: per-CPU caches of free slots in front
+/// of a lock-free shared free list.
 pub(crate) struct Slab<K: Packed> {
     /// Chunk directory; a null entry is a chunk not yet allocated.
     chunks: Box<[AtomicPtr<Slot<K>>]>,
