@@ -99,6 +99,13 @@ fn hash_tag(hash: u64) -> u32 {
     (hash >> 32) as u32
 }
 
+/// Whether the node `link` names may hold a key of family `K` whose hash
+/// has tag `tag`; a node that may not is passed by its link alone.
+#[inline(always)]
+fn may_hold<K: FamilyKey>(link: u64, tag: u32) -> bool {
+    target(link) & V6_BIT == K::BIT && link_tag(link) == tag
+}
+
 /// The link word naming node `node`, whose tuple hashes to `hash`.
 #[inline]
 fn link_to(node: u32, hash: u64) -> u64 {
@@ -618,7 +625,7 @@ impl Conntrack {
                     continue 'restart;
                 }
                 let at_node = target(link);
-                if at_node & V6_BIT != K::BIT || link_tag(link) != tag {
+                if !may_hold::<K>(link, tag) {
                     // It cannot hold `key`: pass it by its link alone.
                     link = self.links_of(at_node).load(Ordering::Acquire);
                     continue;
@@ -886,7 +893,7 @@ impl Conntrack {
             }
             len += 1;
             let at_node = target(link);
-            if at_node & V6_BIT != K::BIT || link_tag(link) != tag {
+            if !may_hold::<K>(link, tag) {
                 link = self.links_of(at_node).load(Ordering::Acquire);
                 continue;
             }

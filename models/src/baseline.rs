@@ -161,10 +161,16 @@ pub struct Config {
 /// whether the expiry moved matters to the speed, not how far.
 const TIMEOUT_S: u64 = 120;
 
-/// Worker `w`'s `i`-th flow to port `dport`, as the engine's workers number theirs.
-fn flow(w: usize, i: u64, dport: u16) -> Conn {
+/// The original tuple of worker `w`'s `i`-th flow to port `dport`, as the
+/// engine's workers number theirs.
+fn orig(w: usize, i: u64, dport: u16) -> Tuple {
     let client = Ipv4Addr::from(0x0a00_0000 | ((w as u32 & 0xff) << 16) | ((i >> 14) as u32 & 0xffff));
-    let orig = Tuple::udp(client, 1024 + (i & 0x3fff) as u16, Ipv4Addr::new(10, 96, 0, 10), dport);
+    Tuple::udp(client, 1024 + (i & 0x3fff) as u16, Ipv4Addr::new(10, 96, 0, 10), dport)
+}
+
+/// Worker `w`'s `i`-th flow to port `dport`.
+fn flow(w: usize, i: u64, dport: u16) -> Conn {
+    let orig = orig(w, i, dport);
     let reply = orig.invert().with_src(Ipv4Addr::new(10, 245, 0, 2).into(), dport);
     Conn { orig, reply, expires: AtomicU64::new(0) }
 }
@@ -198,7 +204,8 @@ pub fn run<M: Map>(map: &M, cfg: &Config, keep_going: impl FnMut(u64) -> bool) -
                         let r = if cfg.workload == Workload::Lookup { 0 } else { rng.random_range(0..100) };
                         if r < 80 {
                             if per > 0 {
-                                let t = flow(w, rng.random_range(0..per), 53).orig;
+                                // A packet needs only its own tuple, as the engine's worker builds only that.
+                                let t = orig(w, rng.random_range(0..per), 53);
                                 std::hint::black_box(map.refresh(&t, expires));
                             }
                         } else {
