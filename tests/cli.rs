@@ -248,9 +248,15 @@ fn stress_baselines_and_scaling_report_their_keys() {
     assert_eq!(s.len(), 2);
     assert_eq!(s[0]["threads"], 1);
     assert_eq!(s[0]["speedup"], 1.0);
-    for key in ["ops_per_s", "speedup", "reference_speedup", "efficiency"] {
+    for key in ["ops_per_s", "speedup", "reference_speedup", "efficiency", "efficiency_range", "cpu_efficiency"] {
         assert!(s[1].get(key).is_some(), "missing scaling.{key}");
     }
+    let handoff = s[1]["line_handoff_ns"].as_f64().unwrap();
+    assert!(handoff > 0.0, "{d}");
+    assert!(s[0]["line_handoff_ns"].is_null(), "{d}");
+    let range = &s[1]["efficiency_range"];
+    let e = s[1]["efficiency"].as_f64().unwrap();
+    assert!(range[0].as_f64().unwrap() <= e && e <= range[1].as_f64().unwrap(), "{d}");
     // A plain map has no conntrack races: baselines make no sense for pair.
     assert_one_line_error(&racetrack(&["stress", "--workload", "pair", "--baselines"]), &["--baselines"]);
 }

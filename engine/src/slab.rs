@@ -25,6 +25,13 @@ pub(crate) const CPU_CACHE: usize = 32;
 #[cfg(loom)]
 pub(crate) const CPU_CACHE: usize = 1;
 
+/// Fresh slots a CPU takes at once, consecutive: a CPU's new connections
+/// sit side by side, as SLUB hands a CPU a whole slab page, so a line (or
+/// the pair of lines the adjacent-line prefetcher fetches together) is
+/// written by one CPU only. Interleaved slots made every refresh
+/// invalidate a copy the other CPU's prefetcher had pulled in.
+const FRESH_BATCH: u32 = CPU_CACHE.div_ceil(2) as u32;
+
 /// One connection: both tuples, the state word, the creation time. Its two
 /// chain links live apart, in [`Links`].
 ///
@@ -106,7 +113,7 @@ pub(crate) struct Slab<K: Packed> {
     /// published before its slots.
     links: Box<[AtomicPtr<Links>]>,
     grow: Mutex<()>,
-    /// Slots below this index have been handed out at least once.
+    /// Slots below this index have been handed to a CPU at least once.
     fresh: AtomicU32,
     /// Treiber stack of free slots: `tag << 32 | (idx + 1)`, 0 when empty.
     /// The tag defeats ABA.
@@ -168,12 +175,12 @@ impl<K: Packed> Slab<K> {
     }
 
     /// Take a free slot for `cpu`: from its cache, else from the shared
-    /// list, else a fresh one; `None` if none is left.
+    /// list, else a fresh batch; `None` if none is left.
     pub fn alloc(&self, cpu: usize) -> Option<u32> {
         if let Some(idx) = self.cache(cpu).lock().pop() {
             return Some(idx);
         }
-        self.alloc_shared()
+        self.alloc_shared(cpu)
     }
 
     /// Return a slot on `cpu`. The caller has unlinked it from every chain.
@@ -188,8 +195,9 @@ impl<K: Packed> Slab<K> {
         cache.push(idx);
     }
 
-    /// Take a slot from the shared list, or a fresh one.
-    fn alloc_shared(&self) -> Option<u32> {
+    /// Take a slot from the shared list, or fresh ones for `cpu`: the first
+    /// is returned, the rest of the batch goes into its cache.
+    fn alloc_shared(&self, cpu: usize) -> Option<u32> {
         let mut head = self.free.load(Ordering::Acquire);
         while head as u32 != 0 {
             let idx = head as u32 - 1;
@@ -202,15 +210,22 @@ impl<K: Packed> Slab<K> {
                 Err(h) => head = h,
             }
         }
-        let idx = self.fresh.fetch_add(1, Ordering::Relaxed);
-        if idx >= self.cap {
+        let first = self.fresh.fetch_add(FRESH_BATCH, Ordering::Relaxed);
+        if first >= self.cap {
             // Leave `fresh` past the end: later callers fail the same way
             // until a slot is freed.
             self.fresh.store(self.cap, Ordering::Relaxed);
             return None;
         }
-        self.ensure_chunk((idx >> CHUNK_SHIFT) as usize);
-        Some(idx)
+        let end = first.saturating_add(FRESH_BATCH).min(self.cap);
+        // A batch spans at most two chunks (it is never longer than one).
+        self.ensure_chunk((first >> CHUNK_SHIFT) as usize);
+        self.ensure_chunk(((end - 1) >> CHUNK_SHIFT) as usize);
+        if end > first + 1 {
+            // Popped from the end: the CPU hands them out in order.
+            self.cache(cpu).lock().extend((first + 1..end).rev());
+        }
+        Some(first)
     }
 
     /// Put a slot on the shared list.
@@ -306,10 +321,40 @@ mod tests {
     }
 
     #[test]
+    fn each_cpu_takes_fresh_slots_in_runs_of_its_own() {
+        let s: Slab<V4Key> = Slab::new(4 * FRESH_BATCH + 3, 2);
+        // Two CPUs allocating in turn still get consecutive slots each.
+        let mut got = [Vec::new(), Vec::new()];
+        for _ in 0..2 * FRESH_BATCH {
+            for (cpu, v) in got.iter_mut().enumerate() {
+                v.push(s.alloc(cpu).unwrap());
+            }
+        }
+        for v in &got {
+            for run in v.chunks(FRESH_BATCH as usize) {
+                let first = run[0];
+                assert_eq!(first % FRESH_BATCH, 0, "{v:?}");
+                assert!(run.iter().enumerate().all(|(k, &i)| i == first + k as u32), "{v:?}");
+            }
+        }
+        // The last, short batch stops at `cap` and every slot is handed out once.
+        let mut all: Vec<u32> = got.concat();
+        while let Some(i) = s.alloc(0).or_else(|| s.alloc(1)) {
+            all.push(i);
+        }
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), (4 * FRESH_BATCH + 3) as usize);
+        assert_eq!(s.high_water(), 4 * FRESH_BATCH + 3);
+    }
+
+    #[test]
     fn a_cpu_reuses_its_own_freed_slots_and_spills_a_full_cache() {
         let n = 2 * CPU_CACHE as u32 + 4;
         let s: Slab<V4Key> = Slab::new(n, 2);
         let mine: Vec<u32> = (0..=CPU_CACHE).map(|_| s.alloc(0).unwrap()).collect();
+        // The rest of the last fresh batch waits in CPU 0's cache: take it too.
+        let extra: Vec<u32> = std::iter::from_fn(|| s.cache(0).lock().pop()).collect();
         // CPU 0 frees one more slot than its cache holds: the oldest half
         // goes to the shared list, the rest stays cached.
         for &i in &mine {
@@ -322,7 +367,7 @@ mod tests {
         let spilled = s.alloc(1).unwrap();
         assert!(mine[..CPU_CACHE.div_ceil(2)].contains(&spilled), "{spilled} was not spilled");
         // Everything can still be handed out, each slot once, and no more than `cap`.
-        let mut all: Vec<u32> = vec![mine[CPU_CACHE], spilled];
+        let mut all: Vec<u32> = [vec![mine[CPU_CACHE], spilled], extra].concat();
         while let Some(i) = s.alloc(1).or_else(|| s.alloc(0)) {
             all.push(i);
         }
