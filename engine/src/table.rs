@@ -24,8 +24,10 @@
 //!   the slot's next occupant.
 //! - `count` is the number of connections allocated (unconfirmed ones owned
 //!   by packets included, as the kernel's `nf_conntrack_count`); it never
-//!   exceeds `max` except for the instant between a reservation and its
-//!   rollback.
+//!   exceeds `max`. It is a pool of `max` units that CPUs take in batches
+//!   (see `count.rs`), so a new connection does not write a line every CPU
+//!   writes; a connection is refused only when every unit is in use, as the
+//!   kernel's single counter would refuse it.
 //!
 //! # Links apart from the slot
 //! A link word names the next node (low 32 bits: `NULLS | bucket` at a
@@ -56,6 +58,7 @@ use rand::Rng;
 
 use crate::clock::{Jiffies, Spans};
 use crate::conn::{ConnRef, Dir, Hit, Status, TcpFlags, TcpState};
+use crate::count::Count;
 use crate::profile::{ChainLimit, ClashPolicy, KernelProfile};
 use crate::slab::{Slab, Slot};
 use crate::stats::{Stat, Stats, StatsSnapshot, Tally};
@@ -316,6 +319,8 @@ pub struct Unconfirmed<'t> {
     /// Initial timeout, in jiffies.
     timeout: u32,
     reserved: bool,
+    /// The CPU whose unit of `count` it holds.
+    cpu: usize,
 }
 
 impl Unconfirmed<'_> {
@@ -356,7 +361,7 @@ impl Unconfirmed<'_> {
 impl Drop for Unconfirmed<'_> {
     fn drop(&mut self) {
         if self.reserved {
-            self.table.count.fetch_sub(1, Ordering::Relaxed);
+            self.table.count.give(self.cpu);
         }
     }
 }
@@ -369,7 +374,7 @@ pub struct Conntrack {
     locks: Box<[CachePadded<Mutex<()>>]>,
     v4: Slab<V4Key>,
     v6: Slab<V6Key>,
-    count: CachePadded<AtomicUsize>,
+    count: Count,
     gc_cursor: CachePadded<AtomicUsize>,
     stats: Stats,
     /// The hash key, drawn from the seed (the kernel's `nf_conntrack_hash_rnd`).
@@ -430,7 +435,7 @@ impl Conntrack {
             locks: (0..nlocks).map(|_| CachePadded::new(Mutex::new(()))).collect(),
             v4: Slab::new(cap, ncpus),
             v6: Slab::new(cap, ncpus),
-            count: CachePadded::new(AtomicUsize::new(0)),
+            count: Count::new(max, ncpus),
             gc_cursor: CachePadded::new(AtomicUsize::new(0)),
             stats: Stats::new(ncpus),
             hash_key,
@@ -446,7 +451,7 @@ impl Conntrack {
 
     /// Connections allocated, unconfirmed ones included (`nf_conntrack_count`).
     pub fn count(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
+        self.count.get()
     }
 
     /// `nf_conntrack_max`.
@@ -747,15 +752,14 @@ impl Conntrack {
     /// evict unassured connections near the new one's bucket (`early_drop`).
     pub fn new_conn(&self, orig: Tuple, flags: TcpFlags, at: At) -> Result<Unconfirmed<'_>, TableFull> {
         assert!(orig.is_well_formed(), "tuple mixes address families: {orig}");
-        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if n > self.max {
+        if !self.count.take(at.cpu) {
             let hash = match orig.family() {
                 Family::V4 => V4Key::pack(&orig).map(|k| self.hash(&k)),
                 Family::V6 => V6Key::pack(&orig).map(|k| self.hash(&k)),
             }
             .unwrap_or(0);
-            if !self.early_drop(hash, at) {
-                self.count.fetch_sub(1, Ordering::Relaxed);
+            // Early drop frees units on this CPU; take one of them.
+            if !(self.early_drop(hash, at) && self.count.take(at.cpu)) {
                 if self.profile.counters.drop_on_table_full {
                     self.stats.inc(at.cpu, Stat::Drop);
                 }
@@ -779,6 +783,7 @@ impl Conntrack {
             created: at.now,
             timeout,
             reserved: true,
+            cpu: at.cpu,
         })
     }
 
@@ -1110,7 +1115,7 @@ impl Conntrack {
         }
         self.unlink_locked(br, link_o | 1);
         drop(guards);
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.count.give(at.cpu);
         self.stats.tally(at.cpu, Tally::Removed);
         slab.free(at.cpu, conn.idx);
         true

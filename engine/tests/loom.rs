@@ -8,10 +8,11 @@
 
 use std::net::Ipv4Addr;
 
+use loom::sync::atomic::{AtomicBool, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use racetrack_engine::profile::preset;
-use racetrack_engine::{At, Confirm, Conntrack, KernelProfile, Stat, TcpFlags, Tuple};
+use racetrack_engine::{At, Confirm, Conntrack, Dir, Hit, KernelProfile, Stat, Status, TcpFlags, Tuple};
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 
@@ -225,5 +226,79 @@ fn race_lookup_past_a_neighbour_removed_and_reused() {
         assert!(t.confirm(b, At::new(0, 5), &mut Pcg64Mcg::seed_from_u64(2)).accepted());
         assert_eq!(h.join().unwrap(), Some(c.conn), "C was in the table throughout");
         check_consistent(&t, 5);
+    });
+}
+
+/// Race the following: at `nf_conntrack_max`, one CPU's free unit of the
+/// count sits with the other CPU (a connection it created and dropped)
+/// while both CPUs ask for room: CPU 0 twice, CPU 1 once, for two units.
+/// CPU 0 must take the unit back from CPU 1 or lose it to CPU 1 itself;
+/// either way exactly two connections get room, and none is refused while
+/// a unit is free.
+#[test]
+fn race_two_cpus_for_the_last_units_of_the_count() {
+    loom::model(|| {
+        let t = Arc::new(Conntrack::new(tiny("6.1", 2), 2, 1));
+        // CPU 1 creates and drops a connection: its unit stays with CPU 1.
+        drop(t.new_conn(query(9), TcpFlags::default(), At::new(1, 0)).unwrap());
+        assert_eq!(t.count(), 0);
+        let t2 = t.clone();
+        // Unconfirmed connections are in no chain, so early drop finds
+        // nothing to evict: a refusal is the count's alone.
+        // CPU 1 keeps its connection (if it got room) until CPU 0 is done.
+        let flags = Arc::new([AtomicBool::new(false), AtomicBool::new(false), AtomicBool::new(false)]);
+        let f2 = flags.clone();
+        let h = thread::spawn(move || {
+            let c = t2.new_conn(query(1), TcpFlags::default(), At::new(1, 1));
+            f2[0].store(c.is_ok(), Ordering::Relaxed);
+            f2[1].store(true, Ordering::Release);
+            while !f2[2].load(Ordering::Acquire) {
+                thread::yield_now();
+            }
+            drop(c);
+        });
+        let mine: Vec<_> =
+            (2..4).filter_map(|p| t.new_conn(query(p), TcpFlags::default(), At::new(0, 1)).ok()).collect();
+        while !flags[1].load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        let theirs = flags[0].load(Ordering::Relaxed);
+        assert_eq!(mine.len() + usize::from(theirs), 2, "two units, two connections");
+        assert_eq!(t.count(), 2);
+        flags[2].store(true, Ordering::Release);
+        h.join().unwrap();
+        drop(mine);
+        assert_eq!(t.count(), 0);
+    });
+}
+
+/// Race the following: at `nf_conntrack_max`, every free unit of the count
+/// sits with CPU 1, which closes one more connection while CPU 0 asks for
+/// room twice. CPU 0's first connection must get room (by taking the unit
+/// back from CPU 1); the second gets it only if the closing came first;
+/// the count is exact at the end.
+#[test]
+fn race_take_back_units_while_their_cpu_frees_more() {
+    loom::model(|| {
+        let t = Arc::new(Conntrack::new(tiny("6.1", 2), 2, 1));
+        // A: an assured connection of CPU 1 (early drop spares it).
+        let mut rng = Pcg64Mcg::seed_from_u64(1);
+        let a = t.new_conn(query(8), TcpFlags::default(), At::new(1, 0)).unwrap();
+        let Confirm::Inserted(a) = t.confirm(a, At::new(1, 0), &mut rng) else { panic!("not inserted") };
+        // A reply long after the first packet: a UDP stream.
+        t.update(&Hit { dir: Dir::Reply, ..a }, TcpFlags::default(), At::new(1, 10_000_000_000));
+        assert!(t.entries(At::new(1, 0))[0].status.contains(Status::ASSURED));
+        drop(t.new_conn(query(9), TcpFlags::default(), At::new(1, 0)).unwrap());
+        assert_eq!(t.count(), 1);
+        // CPU 1 closes A, giving its unit to CPU 1.
+        let t2 = t.clone();
+        let h = thread::spawn(move || assert!(t2.kill(a.conn, At::new(1, 1))));
+        let first = t.new_conn(query(1), TcpFlags::default(), At::new(0, 1));
+        assert!(first.is_ok(), "a unit was free, held by CPU 1");
+        let second = t.new_conn(query(2), TcpFlags::default(), At::new(0, 1));
+        h.join().unwrap();
+        assert_eq!(t.count(), 1 + usize::from(second.is_ok()));
+        drop((first, second));
+        assert_eq!(t.count(), 0);
     });
 }
