@@ -1,6 +1,7 @@
 //! Real threads on one table: group `threads`, with the baselines in the
 //! same group (`racetrack stress --baselines` measures the same from the CLI).
 //! Each iteration is one operation; with two threads, both run `iters`.
+//! The clock starts once the table is preloaded and the threads started.
 //! Run with `cargo bench --bench threads`; figures are in `docs/performance.md`.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
@@ -13,6 +14,23 @@ use racetrack_engine::Conntrack;
 use racetrack_models::baseline::{self, Dash, MutexMap};
 
 const FLOWS: u32 = 10_000;
+
+/// Time `run` from its first look at the count (after the preload and the
+/// threads' start, which are not the workload) to the stop at `iters`
+/// operations per thread.
+fn measure(iters: u64, n: usize, run: impl FnOnce(&mut dyn FnMut(u64) -> bool)) -> Duration {
+    let (mut start, mut took) = (None, Duration::ZERO);
+    run(&mut |done| {
+        let now = Instant::now();
+        let first = *start.get_or_insert(now);
+        let go = done < iters * n as u64;
+        if !go {
+            took = now.duration_since(first);
+        }
+        go
+    });
+    took
+}
 
 fn threads(c: &mut Criterion) {
     let mut g = c.benchmark_group("threads");
@@ -29,25 +47,25 @@ fn threads(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(format!("{name}/racetrack"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let t = Conntrack::new(preset("6.1").unwrap(), n, 1);
-                    let start = Instant::now();
-                    run(&t, &cfg, |done| done < iters * n as u64);
-                    start.elapsed()
+                    measure(iters, n, |k| {
+                        run(&t, &cfg, k);
+                    })
                 })
             });
             g.bench_function(BenchmarkId::new(format!("{name}/dashmap"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let m = Dash::new(FLOWS as usize);
-                    let start = Instant::now();
-                    baseline::run(&m, &bcfg, |done| done < iters * n as u64);
-                    start.elapsed()
+                    measure(iters, n, |k| {
+                        baseline::run(&m, &bcfg, k);
+                    })
                 })
             });
             g.bench_function(BenchmarkId::new(format!("{name}/mutex_hashmap"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let m = MutexMap::new(FLOWS as usize);
-                    let start = Instant::now();
-                    baseline::run(&m, &bcfg, |done| done < iters * n as u64);
-                    start.elapsed()
+                    measure(iters, n, |k| {
+                        baseline::run(&m, &bcfg, k);
+                    })
                 })
             });
         }

@@ -248,7 +248,15 @@ fn stress_baselines_and_scaling_report_their_keys() {
     assert_eq!(s.len(), 2);
     assert_eq!(s[0]["threads"], 1);
     assert_eq!(s[0]["speedup"], 1.0);
-    for key in ["ops_per_s", "speedup", "reference_speedup", "efficiency", "efficiency_range", "cpu_efficiency"] {
+    for key in [
+        "ops_per_s",
+        "speedup",
+        "reference_speedup",
+        "efficiency",
+        "efficiency_range",
+        "best_efficiency",
+        "cpu_efficiency",
+    ] {
         assert!(s[1].get(key).is_some(), "missing scaling.{key}");
     }
     let handoff = s[1]["line_handoff_ns"].as_f64().unwrap();
