@@ -11,6 +11,7 @@
 
 mod clock;
 pub mod conn;
+pub mod draw;
 pub mod input;
 pub mod nat;
 pub mod profile;

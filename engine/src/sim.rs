@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
+use crate::draw::UniformU32;
 use crate::nat::dnat::Dnat;
 use crate::nat::snat::{Rovers, Snat, SnatOutcome};
 use crate::table::{Confirm, Conntrack, Unconfirmed, Update};
@@ -562,6 +563,8 @@ pub struct Sim<'t> {
     /// By packet id, parallel to `events.packets`.
     flights: Vec<Flight<'t>>,
     bursts: Vec<(u64, usize)>,
+    /// A uniform CPU, for [`Steering::Random`].
+    any_cpu: UniformU32,
     /// Per stage: (duration, jitter span), computed once.
     stage_spans: [(Nanos, Nanos); 4],
     stats: RunStats,
@@ -572,12 +575,14 @@ impl<'t> Sim<'t> {
     pub fn new(table: &'t Conntrack, cfg: SimConfig) -> Self {
         let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed);
         let nat_secret = rng.random();
-        let cpus = (0..cfg.cpus.max(1)).map(|_| Cpu::default()).collect();
+        let cpus: Vec<Cpu> = (0..cfg.cpus.max(1)).map(|_| Cpu::default()).collect();
         let st = cfg.stages;
         let span = |d: Nanos| (d, (d as f64 * st.jitter.clamp(0.0, 1.0)) as Nanos);
         let stage_spans = [span(st.lookup), span(st.dnat), span(st.snat), span(st.confirm)];
+        let any_cpu = UniformU32::new(0, u32::try_from(cpus.len()).expect("fewer than 2^32 CPUs"));
         Self {
             stage_spans,
+            any_cpu,
             table,
             rules: Vec::new(),
             rovers: Rovers::default(),
@@ -647,7 +652,14 @@ impl<'t> Sim<'t> {
     }
 
     /// The CPU `pkt` lands on (of `n`); `bursts` remembers where recent bursts began.
-    fn steer(steering: Steering, n: usize, rng: &mut Pcg64Mcg, bursts: &mut Vec<(u64, usize)>, pkt: &Packet) -> usize {
+    fn steer(
+        steering: Steering,
+        n: usize,
+        any_cpu: UniformU32,
+        rng: &mut Pcg64Mcg,
+        bursts: &mut Vec<(u64, usize)>,
+        pkt: &Packet,
+    ) -> usize {
         match steering {
             Steering::Sender => pkt.sender_cpu % n,
             Steering::FlowHash => {
@@ -660,7 +672,7 @@ impl<'t> Sim<'t> {
                 }
                 (h % n as u64) as usize
             }
-            Steering::Random => rng.random_range(0..n),
+            Steering::Random => any_cpu.sample(rng) as usize,
             Steering::Spread { split } => {
                 let home = pkt.sender_cpu % n;
                 let Some(burst) = pkt.burst else { return home };
@@ -684,7 +696,7 @@ impl<'t> Sim<'t> {
 
     fn arrive(&mut self, id: u32) {
         let pkt = &self.events.packets[id as usize];
-        let cpu = Self::steer(self.cfg.steering, self.cpus.len(), &mut self.rng, &mut self.bursts, pkt);
+        let cpu = Self::steer(self.cfg.steering, self.cpus.len(), self.any_cpu, &mut self.rng, &mut self.bursts, pkt);
         let i = id as usize;
         if i >= self.flights.len() {
             self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None, snat: None });
