@@ -728,6 +728,7 @@ impl<'t> Sim<'t> {
     }
 
     /// Schedule `stage` of the packet on `cpu`, `extra` ns later than its own duration.
+    #[inline(always)]
     fn schedule_stage_after(&mut self, cpu: usize, stage: Stage, extra: Nanos) {
         let id = self.cpus[cpu].current.expect("busy cpu");
         self.flights[id as usize].stage = stage;
@@ -748,18 +749,29 @@ impl<'t> Sim<'t> {
             Stage::Lookup => {
                 let tuple = pkt.tuple;
                 if pkt.notrack {
-                    return self.finish(cpu, id, tag, w, Verdict::Untracked, tuple);
+                    return self.finish(
+                        id,
+                        w,
+                        Delivered { tag, cpu, verdict: Verdict::Untracked, out: tuple, snat: None },
+                    );
                 } else if let Some(hit) = table.lookup(&tuple, at) {
                     let update = table.update(&hit, pkt.flags, at);
                     let out = match hit.dir {
                         crate::Dir::Original => hit.reply.invert(),
                         crate::Dir::Reply => hit.orig.invert(),
                     };
-                    return self.finish(cpu, id, tag, w, Verdict::Established(hit, update), out);
+                    return self.finish(
+                        id,
+                        w,
+                        Delivered { tag, cpu, verdict: Verdict::Established(hit, update), out, snat: None },
+                    );
                 } else {
                     match table.new_conn(tuple, pkt.flags, at) {
                         Ok(ct) => self.flights[id as usize].ct = Some(ct),
-                        Err(_) => return self.finish(cpu, id, tag, w, Verdict::TableFull, tuple),
+                        Err(_) => {
+                            let d = Delivered { tag, cpu, verdict: Verdict::TableFull, out: tuple, snat: None };
+                            return self.finish(id, w, d);
+                        }
                     }
                 }
             }
@@ -814,7 +826,7 @@ impl<'t> Sim<'t> {
                     Confirm::Inserted(h) | Confirm::Merged(h) | Confirm::NatClash(h) => h.reply.invert(),
                     Confirm::Dropped(_) => pkt.tuple,
                 };
-                return self.finish(cpu, id, tag, w, Verdict::New(c), out);
+                return self.finish(id, w, Delivered { tag, cpu, verdict: Verdict::New(c), out, snat: None });
             }
         }
         {
@@ -840,24 +852,24 @@ impl<'t> Sim<'t> {
         }
     }
 
-    /// The packet `id` on `cpu` is done: free its slot, start the CPU's next
-    /// packet, then hand this one to `w` (built in place: a `Delivered` is a
-    /// few hundred bytes).
+    /// The packet `id` is done on `d.cpu`: free its slot, start the CPU's
+    /// next packet, then hand `d` to `w`. The caller builds `d` where the
+    /// verdict is made, so the verdict (a few hundred bytes with its entry)
+    /// is written once, into the value the workload gets; only the SNAT
+    /// outcome is filled in here.
     #[inline(always)]
-    fn finish<W: Workload>(&mut self, cpu: usize, id: u32, tag: u64, w: &mut W, verdict: Verdict, out: Tuple) {
+    fn finish<W: Workload>(&mut self, id: u32, w: &mut W, mut d: Delivered) {
         debug_assert!(self.flights[id as usize].ct.is_none());
-        let snat = self.flights[id as usize].snat.take();
+        d.snat = self.flights[id as usize].snat.take();
         self.events.free.push(id);
         self.stats.packets += 1;
+        let cpu = d.cpu;
         let c = &mut self.cpus[cpu];
         c.current = c.queue.pop_front();
         if c.current.is_some() {
             self.schedule_stage(cpu, Stage::Lookup);
         }
-        w.delivered(
-            &mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events },
-            Delivered { tag, cpu, verdict, out, snat },
-        );
+        w.delivered(&mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events }, d);
     }
 }
 
