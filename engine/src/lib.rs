@@ -12,6 +12,7 @@
 mod clock;
 pub mod conn;
 mod count;
+pub mod draw;
 pub mod input;
 pub mod nat;
 pub mod profile;

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
 
+use crate::draw::UniformU32;
 use crate::nat::dnat::Dnat;
 use crate::nat::snat::{Rovers, Snat, SnatOutcome};
 use crate::table::{Confirm, Conntrack, Unconfirmed, Update};
@@ -562,6 +563,8 @@ pub struct Sim<'t> {
     /// By packet id, parallel to `events.packets`.
     flights: Vec<Flight<'t>>,
     bursts: Vec<(u64, usize)>,
+    /// A uniform CPU, for [`Steering::Random`].
+    any_cpu: UniformU32,
     /// Per stage: (duration, jitter span), computed once.
     stage_spans: [(Nanos, Nanos); 4],
     stats: RunStats,
@@ -572,12 +575,14 @@ impl<'t> Sim<'t> {
     pub fn new(table: &'t Conntrack, cfg: SimConfig) -> Self {
         let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed);
         let nat_secret = rng.random();
-        let cpus = (0..cfg.cpus.max(1)).map(|_| Cpu::default()).collect();
+        let cpus: Vec<Cpu> = (0..cfg.cpus.max(1)).map(|_| Cpu::default()).collect();
         let st = cfg.stages;
         let span = |d: Nanos| (d, (d as f64 * st.jitter.clamp(0.0, 1.0)) as Nanos);
         let stage_spans = [span(st.lookup), span(st.dnat), span(st.snat), span(st.confirm)];
+        let any_cpu = UniformU32::new(0, u32::try_from(cpus.len()).expect("fewer than 2^32 CPUs"));
         Self {
             stage_spans,
+            any_cpu,
             table,
             rules: Vec::new(),
             rovers: Rovers::default(),
@@ -647,7 +652,14 @@ impl<'t> Sim<'t> {
     }
 
     /// The CPU `pkt` lands on (of `n`); `bursts` remembers where recent bursts began.
-    fn steer(steering: Steering, n: usize, rng: &mut Pcg64Mcg, bursts: &mut Vec<(u64, usize)>, pkt: &Packet) -> usize {
+    fn steer(
+        steering: Steering,
+        n: usize,
+        any_cpu: UniformU32,
+        rng: &mut Pcg64Mcg,
+        bursts: &mut Vec<(u64, usize)>,
+        pkt: &Packet,
+    ) -> usize {
         match steering {
             Steering::Sender => pkt.sender_cpu % n,
             Steering::FlowHash => {
@@ -660,7 +672,7 @@ impl<'t> Sim<'t> {
                 }
                 (h % n as u64) as usize
             }
-            Steering::Random => rng.random_range(0..n),
+            Steering::Random => any_cpu.sample(rng) as usize,
             Steering::Spread { split } => {
                 let home = pkt.sender_cpu % n;
                 let Some(burst) = pkt.burst else { return home };
@@ -684,7 +696,7 @@ impl<'t> Sim<'t> {
 
     fn arrive(&mut self, id: u32) {
         let pkt = &self.events.packets[id as usize];
-        let cpu = Self::steer(self.cfg.steering, self.cpus.len(), &mut self.rng, &mut self.bursts, pkt);
+        let cpu = Self::steer(self.cfg.steering, self.cpus.len(), self.any_cpu, &mut self.rng, &mut self.bursts, pkt);
         let i = id as usize;
         if i >= self.flights.len() {
             self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None, snat: None });
@@ -716,6 +728,7 @@ impl<'t> Sim<'t> {
     }
 
     /// Schedule `stage` of the packet on `cpu`, `extra` ns later than its own duration.
+    #[inline(always)]
     fn schedule_stage_after(&mut self, cpu: usize, stage: Stage, extra: Nanos) {
         let id = self.cpus[cpu].current.expect("busy cpu");
         self.flights[id as usize].stage = stage;
@@ -736,18 +749,29 @@ impl<'t> Sim<'t> {
             Stage::Lookup => {
                 let tuple = pkt.tuple;
                 if pkt.notrack {
-                    return self.finish(cpu, id, tag, w, Verdict::Untracked, tuple);
+                    return self.finish(
+                        id,
+                        w,
+                        Delivered { tag, cpu, verdict: Verdict::Untracked, out: tuple, snat: None },
+                    );
                 } else if let Some(hit) = table.lookup(&tuple, at) {
                     let update = table.update(&hit, pkt.flags, at);
                     let out = match hit.dir {
                         crate::Dir::Original => hit.reply.invert(),
                         crate::Dir::Reply => hit.orig.invert(),
                     };
-                    return self.finish(cpu, id, tag, w, Verdict::Established(hit, update), out);
+                    return self.finish(
+                        id,
+                        w,
+                        Delivered { tag, cpu, verdict: Verdict::Established(hit, update), out, snat: None },
+                    );
                 } else {
                     match table.new_conn(tuple, pkt.flags, at) {
                         Ok(ct) => self.flights[id as usize].ct = Some(ct),
-                        Err(_) => return self.finish(cpu, id, tag, w, Verdict::TableFull, tuple),
+                        Err(_) => {
+                            let d = Delivered { tag, cpu, verdict: Verdict::TableFull, out: tuple, snat: None };
+                            return self.finish(id, w, d);
+                        }
                     }
                 }
             }
@@ -802,7 +826,7 @@ impl<'t> Sim<'t> {
                     Confirm::Inserted(h) | Confirm::Merged(h) | Confirm::NatClash(h) => h.reply.invert(),
                     Confirm::Dropped(_) => pkt.tuple,
                 };
-                return self.finish(cpu, id, tag, w, Verdict::New(c), out);
+                return self.finish(id, w, Delivered { tag, cpu, verdict: Verdict::New(c), out, snat: None });
             }
         }
         {
@@ -828,24 +852,24 @@ impl<'t> Sim<'t> {
         }
     }
 
-    /// The packet `id` on `cpu` is done: free its slot, start the CPU's next
-    /// packet, then hand this one to `w` (built in place: a `Delivered` is a
-    /// few hundred bytes).
+    /// The packet `id` is done on `d.cpu`: free its slot, start the CPU's
+    /// next packet, then hand `d` to `w`. The caller builds `d` where the
+    /// verdict is made, so the verdict (a few hundred bytes with its entry)
+    /// is written once, into the value the workload gets; only the SNAT
+    /// outcome is filled in here.
     #[inline(always)]
-    fn finish<W: Workload>(&mut self, cpu: usize, id: u32, tag: u64, w: &mut W, verdict: Verdict, out: Tuple) {
+    fn finish<W: Workload>(&mut self, id: u32, w: &mut W, mut d: Delivered) {
         debug_assert!(self.flights[id as usize].ct.is_none());
-        let snat = self.flights[id as usize].snat.take();
+        d.snat = self.flights[id as usize].snat.take();
         self.events.free.push(id);
         self.stats.packets += 1;
+        let cpu = d.cpu;
         let c = &mut self.cpus[cpu];
         c.current = c.queue.pop_front();
         if c.current.is_some() {
             self.schedule_stage(cpu, Stage::Lookup);
         }
-        w.delivered(
-            &mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events },
-            Delivered { tag, cpu, verdict, out, snat },
-        );
+        w.delivered(&mut Cx { now: self.now, rng: &mut self.rng, events: &mut self.events }, d);
     }
 }
 
