@@ -44,8 +44,12 @@ impl Count {
         }
     }
 
+    #[inline]
     fn held(&self, cpu: usize) -> &AtomicUsize {
-        &self.held[cpu % self.held.len()]
+        // A CPU index past the table's CPUs wraps, as for the counters;
+        // the comparison spares the common case a division.
+        let n = self.held.len();
+        &self.held[if cpu < n { cpu } else { cpu % n }]
     }
 
     /// Connections in use: exact whenever no CPU is between two steps.

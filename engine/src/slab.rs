@@ -145,8 +145,10 @@ impl<K: Packed> Slab<K> {
         }
     }
 
+    #[inline]
     fn cache(&self, cpu: usize) -> &Mutex<Vec<u32>> {
-        &self.caches[cpu % self.caches.len()]
+        let n = self.caches.len();
+        &self.caches[if cpu < n { cpu } else { cpu % n }]
     }
 
     /// The slot at `idx`.
