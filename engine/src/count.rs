@@ -46,10 +46,7 @@ impl Count {
 
     #[inline]
     fn held(&self, cpu: usize) -> &AtomicUsize {
-        // A CPU index past the table's CPUs wraps, as for the counters;
-        // the comparison spares the common case a division.
-        let n = self.held.len();
-        &self.held[if cpu < n { cpu } else { cpu % n }]
+        crate::of_cpu::<CachePadded<AtomicUsize>>(&self.held, cpu)
     }
 
     /// Connections in use: exact whenever no CPU is between two steps.
@@ -80,8 +77,9 @@ impl Count {
             return true;
         }
         // The pool is empty: take back what the other CPUs hold, then try once more.
-        for (i, other) in self.held.iter().enumerate() {
-            if i != cpu % self.held.len() {
+        let mine = self.held(cpu);
+        for other in self.held.iter() {
+            if !std::ptr::eq(&**other, mine) {
                 let back = other.swap(0, Ordering::Relaxed);
                 if back > 0 {
                     self.pool.fetch_add(back, Ordering::Relaxed);

@@ -43,6 +43,15 @@ pub struct At {
     pub now: Nanos,
 }
 
+/// The per-CPU item of `cpu`. A CPU index past the items wraps (every
+/// per-CPU array of a table does the same); the comparison spares the
+/// common case a division.
+#[inline]
+pub(crate) fn of_cpu<T>(items: &[T], cpu: usize) -> &T {
+    let n = items.len();
+    &items[if cpu < n { cpu } else { cpu % n }]
+}
+
 impl At {
     /// A stage on `cpu` at `now`.
     pub const fn new(cpu: usize, now: Nanos) -> Self {

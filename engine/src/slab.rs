@@ -147,8 +147,7 @@ impl<K: Packed> Slab<K> {
 
     #[inline]
     fn cache(&self, cpu: usize) -> &Mutex<Vec<u32>> {
-        let n = self.caches.len();
-        &self.caches[if cpu < n { cpu } else { cpu % n }]
+        crate::of_cpu::<CachePadded<Mutex<Vec<u32>>>>(&self.caches, cpu)
     }
 
     /// The slot at `idx`.

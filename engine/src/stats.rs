@@ -120,12 +120,12 @@ impl Stats {
     #[inline]
     pub(crate) fn add(&self, cpu: usize, stat: Stat, n: u64) {
         debug_assert!(cpu < self.cpus.len(), "cpu {cpu} out of range 0..{}", self.cpus.len());
-        bump(&self.cpus[cpu % self.cpus.len()].0[stat as usize], n);
+        bump(&crate::of_cpu(&self.cpus, cpu).0[stat as usize], n);
     }
 
     #[inline]
     pub(crate) fn tally(&self, cpu: usize, t: Tally) {
-        bump(&self.cpus[cpu % self.cpus.len()].0[t as usize], 1);
+        bump(&crate::of_cpu(&self.cpus, cpu).0[t as usize], 1);
     }
 
     /// `(inserted, removed)` over the table's life, summed over CPUs.
