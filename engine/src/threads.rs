@@ -294,6 +294,16 @@ fn run_until_stopped<F: FnMut(u64) -> u64>(
     });
 }
 
+/// The order in which `flows` established flows are created for `threads`
+/// workers: `(worker, its j-th flow)`, worker after worker. Flow `i` of the
+/// whole set belongs to worker `i % threads`; the baselines
+/// (`models::baseline`) preload theirs in the same order, so both lay a
+/// worker's entries out side by side.
+pub fn preload_order(flows: u32, threads: usize) -> impl Iterator<Item = (usize, u64)> {
+    let (flows, threads) = (u64::from(flows), threads.max(1) as u64);
+    (0..threads).flat_map(move |w| (0..flows / threads + u64::from(w < flows % threads)).map(move |j| (w as usize, j)))
+}
+
 /// Established flows for `lookup` and `mixed`, spread over the workers:
 /// flow `i` goes to worker `i % threads`. Each worker's share is created
 /// on that worker's CPU, one worker after the other, as the flows a NIC
@@ -301,12 +311,9 @@ fn run_until_stopped<F: FnMut(u64) -> u64>(
 /// by side, and no line holds two workers' entries.
 fn preload(table: &Conntrack, cfg: &StressConfig) {
     let mut rng = Pcg64Mcg::seed_from_u64(cfg.seed);
-    let threads = cfg.threads.max(1) as u64;
-    let flows = u64::from(cfg.flows);
-    let shares = (0..threads).flat_map(|w| (0..flows / threads + u64::from(w < flows % threads)).map(move |j| (w, j)));
-    for (w, j) in shares {
-        let at = At::new(w as usize, 0);
-        let t = flow(w as usize, j);
+    for (w, j) in preload_order(cfg.flows, cfg.threads) {
+        let at = At::new(w, 0);
+        let t = flow(w, j);
         if let Ok(ct) = table.new_conn(t, TcpFlags::default(), at) {
             if let Confirm::Inserted(h) = table.confirm(ct, at, &mut rng) {
                 // Seen both ways and assured: an established flow.

@@ -154,3 +154,16 @@ fn soak_mixed_load_stays_within_max() {
     let slot_bytes = t.memory_bytes();
     assert!(slot_bytes < 4 << 20, "{slot_bytes} bytes for a 3000-entry table");
 }
+
+/// The preload's order covers exactly the flows `i % threads` numbering
+/// gives each worker, worker after worker.
+#[test]
+fn preload_order_is_the_round_robin_share_worker_by_worker() {
+    for (flows, threads) in [(10u32, 3usize), (9, 3), (1, 4), (7, 1)] {
+        let order: Vec<(usize, u64)> = racetrack_engine::threads::preload_order(flows, threads).collect();
+        let mut round_robin: Vec<(usize, u64)> =
+            (0..u64::from(flows)).map(|i| ((i % threads as u64) as usize, i / threads as u64)).collect();
+        round_robin.sort();
+        assert_eq!(order, round_robin, "{flows} flows, {threads} threads");
+    }
+}

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use racetrack_engine::threads::{spin_work, STEP};
+use racetrack_engine::threads::{self, spin_work, STEP};
 use racetrack_engine::Tuple;
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
@@ -179,9 +179,10 @@ fn flow(w: usize, i: u64, dport: u16) -> Conn {
 /// ops done.
 pub fn run<M: Map>(map: &M, cfg: &Config, keep_going: impl FnMut(u64) -> bool) -> u64 {
     let threads = cfg.threads.max(1);
-    for i in 0..u64::from(cfg.flows) {
-        let w = (i % threads as u64) as usize;
-        map.insert(Arc::new(flow(w, i / threads as u64, 53)));
+    // Worker after worker, as the engine's preload: each worker's entries
+    // are allocated side by side.
+    for (w, j) in threads::preload_order(cfg.flows, threads) {
+        map.insert(Arc::new(flow(w, j, 53)));
     }
     let per = u64::from(cfg.flows) / threads as u64;
     let jiffy_ns = 1_000_000_000 / u64::from(cfg.hz.max(1));
