@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::draw::UniformU32;
 use crate::nat::dnat::Dnat;
 use crate::nat::snat::{Rovers, Snat, SnatOutcome};
-use crate::table::{Confirm, Conntrack, Unconfirmed, Update};
-use crate::{At, Hit, Nanos, TcpFlags, Tuple};
+use crate::table::{Confirm, Conntrack, DropReason, Unconfirmed, Update};
+use crate::{At, Nanos, TcpFlags, Tuple};
 
 /// Which CPU processes a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -144,13 +144,15 @@ impl Packet {
     }
 }
 
-/// What conntrack did with a packet.
+/// What conntrack did with a packet: the outcome only. The entry itself
+/// stays in the table (a workload that needs it looks it up); leaving its
+/// copy out keeps the value every finished packet carries small.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Verdict {
     /// It belongs to a confirmed connection, which was updated.
-    Established(Hit, Update),
+    Established(Update),
     /// It started a new connection; confirm decided.
-    New(Confirm),
+    New(Confirmed),
     /// No room for a new connection: dropped.
     TableFull,
     /// Not tracked (NOTRACK).
@@ -161,10 +163,42 @@ impl Verdict {
     /// Whether the packet continues on its way.
     pub fn accepted(&self) -> bool {
         match self {
-            Verdict::Established(_, u) => !matches!(u, Update::Gone),
+            Verdict::Established(u) => !matches!(u, Update::Gone),
             Verdict::New(c) => c.accepted(),
             Verdict::TableFull => false,
             Verdict::Untracked => true,
+        }
+    }
+}
+
+/// How [`Conntrack::confirm`] ended for a new connection: [`Confirm`]
+/// without the entry's copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Inserted: both tuples are now in the table.
+    Inserted,
+    /// Clash resolved by merging into the existing connection.
+    Merged,
+    /// Clash resolved by inserting the loser reply-only (5.6+ NAT_CLASH).
+    NatClash,
+    /// The packet is dropped.
+    Dropped(DropReason),
+}
+
+impl Confirmed {
+    /// Whether the packet continues (everything but [`Confirmed::Dropped`]).
+    pub fn accepted(&self) -> bool {
+        !matches!(self, Confirmed::Dropped(_))
+    }
+}
+
+impl From<&Confirm> for Confirmed {
+    fn from(c: &Confirm) -> Self {
+        match c {
+            Confirm::Inserted(_) => Confirmed::Inserted,
+            Confirm::Merged(_) => Confirmed::Merged,
+            Confirm::NatClash(_) => Confirmed::NatClash,
+            Confirm::Dropped(r) => Confirmed::Dropped(*r),
         }
     }
 }
@@ -763,7 +797,7 @@ impl<'t> Sim<'t> {
                     return self.finish(
                         id,
                         w,
-                        Delivered { tag, cpu, verdict: Verdict::Established(hit, update), out, snat: None },
+                        Delivered { tag, cpu, verdict: Verdict::Established(update), out, snat: None },
                     );
                 } else {
                     match table.new_conn(tuple, pkt.flags, at) {
@@ -826,7 +860,8 @@ impl<'t> Sim<'t> {
                     Confirm::Inserted(h) | Confirm::Merged(h) | Confirm::NatClash(h) => h.reply.invert(),
                     Confirm::Dropped(_) => pkt.tuple,
                 };
-                return self.finish(id, w, Delivered { tag, cpu, verdict: Verdict::New(c), out, snat: None });
+                let verdict = Verdict::New(Confirmed::from(&c));
+                return self.finish(id, w, Delivered { tag, cpu, verdict, out, snat: None });
             }
         }
         {
@@ -854,9 +889,7 @@ impl<'t> Sim<'t> {
 
     /// The packet `id` is done on `d.cpu`: free its slot, start the CPU's
     /// next packet, then hand `d` to `w`. The caller builds `d` where the
-    /// verdict is made, so the verdict (a few hundred bytes with its entry)
-    /// is written once, into the value the workload gets; only the SNAT
-    /// outcome is filled in here.
+    /// verdict is made; only the SNAT outcome is filled in here.
     #[inline(always)]
     fn finish<W: Workload>(&mut self, id: u32, w: &mut W, mut d: Delivered) {
         debug_assert!(self.flights[id as usize].ct.is_none());

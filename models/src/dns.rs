@@ -677,7 +677,7 @@ impl Workload for DnsWorkload<'_> {
                 // it to the query's connection (and un-DNATed it).
                 let ok = match d.verdict {
                     Verdict::Untracked => true,
-                    Verdict::Established(_, u) => !matches!(u, Update::Gone),
+                    Verdict::Established(u) => !matches!(u, Update::Gone),
                     _ => false,
                 };
                 if ok {

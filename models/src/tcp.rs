@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use racetrack_engine::sim::{Cx, Delivered, NatId, Packet, SnatDone, Verdict, Workload};
-use racetrack_engine::{Confirm, Nanos, TcpFlags, Tuple, Update};
+use racetrack_engine::sim::{Confirmed, Cx, Delivered, NatId, Packet, SnatDone, Verdict, Workload};
+use racetrack_engine::{Nanos, TcpFlags, Tuple, Update};
 use rand::Rng;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
@@ -374,10 +374,10 @@ impl<'a, T: Tcp> TcpWorkload<'a, T> {
 
     fn syn_delivered(&mut self, cx: &mut Cx<'_>, id: u32, d: &Delivered) {
         if let Some(s) = &d.snat {
-            self.snat.add(s, matches!(d.verdict, Verdict::New(Confirm::Dropped(_))));
+            self.snat.add(s, matches!(d.verdict, Verdict::New(Confirmed::Dropped(_))));
         }
         let now = cx.now();
-        if let Verdict::Established(_, Update::Reopen) = d.verdict {
+        if let Verdict::Established(Update::Reopen) = d.verdict {
             // A SYN on a TIME_WAIT/CLOSE entry: conntrack killed it and the
             // packet goes through the hooks again (NF_REPEAT).
             let p = self.packet(id, tag::SYN, self.conns[id as usize].orig, TcpFlags::SYN, None);
