@@ -1017,6 +1017,7 @@ mod tests {
     struct Pairs {
         pairs: u32,
         delivered: Vec<(u64, Nanos, usize)>,
+        verdicts: Vec<Verdict>,
     }
 
     impl Workload for Pairs {
@@ -1032,6 +1033,7 @@ mod tests {
         }
         fn delivered(&mut self, cx: &mut Cx<'_>, d: Delivered) {
             self.delivered.push((d.tag, cx.now(), d.cpu));
+            self.verdicts.push(d.verdict);
         }
         fn timer(&mut self, _: &mut Cx<'_>, _: u64) {}
     }
@@ -1040,9 +1042,29 @@ mod tests {
         let t = Conntrack::new(preset("4.14").unwrap(), 4, 1);
         let cfg = SimConfig { cpus: 4, steering, seed, ..SimConfig::default() };
         let mut sim = Sim::new(&t, cfg);
-        let mut w = Pairs { pairs: 300, delivered: vec![] };
+        let mut w = Pairs { pairs: 300, delivered: vec![], verdicts: vec![] };
         sim.run(&mut w, Nanos::MAX);
         (w.delivered, t.stats())
+    }
+
+    #[test]
+    fn verdicts_tell_each_packet_what_the_counters_count() {
+        let t = Conntrack::new(preset("4.14").unwrap(), 4, 1);
+        let cfg = SimConfig { cpus: 4, steering: Steering::Random, seed: 1, ..SimConfig::default() };
+        let mut w = Pairs { pairs: 300, delivered: vec![], verdicts: vec![] };
+        Sim::new(&t, cfg).run(&mut w, Nanos::MAX);
+        let stats = t.stats();
+        let count = |f: fn(&Verdict) -> bool| w.verdicts.iter().filter(|v| f(v)).count() as u64;
+        assert_eq!(w.verdicts.len(), 600);
+        assert_eq!(count(|v| matches!(v, Verdict::New(Confirmed::Inserted))), stats.get(Stat::Insert));
+        // Without NAT, 4.14 merges a clash of identical entries, counted as insert_failed.
+        let merged = count(|v| matches!(v, Verdict::New(Confirmed::Merged)));
+        assert!(merged > 0);
+        assert_eq!(merged, stats.get(Stat::InsertFailed));
+        assert_eq!(count(|v| !v.accepted()), 0);
+        // The rest found the first packet's entry confirmed already.
+        let established = count(|v| matches!(v, Verdict::Established(Update::Accepted)));
+        assert_eq!(established + merged + stats.get(Stat::Insert), 600);
     }
 
     #[test]
