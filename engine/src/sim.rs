@@ -296,7 +296,6 @@ enum Stage {
 
 /// Where a packet is on its CPU, and the connection it created.
 struct Flight<'t> {
-    cpu: usize,
     stage: Stage,
     ct: Option<Unconfirmed<'t>>,
     snat: Option<SnatDone>,
@@ -733,9 +732,8 @@ impl<'t> Sim<'t> {
         let cpu = Self::steer(self.cfg.steering, self.cpus.len(), self.any_cpu, &mut self.rng, &mut self.bursts, pkt);
         let i = id as usize;
         if i >= self.flights.len() {
-            self.flights.resize_with(i + 1, || Flight { cpu: 0, stage: Stage::Lookup, ct: None, snat: None });
+            self.flights.resize_with(i + 1, || Flight { stage: Stage::Lookup, ct: None, snat: None });
         }
-        self.flights[i].cpu = cpu;
         let c = &mut self.cpus[cpu];
         if c.current.is_none() {
             c.current = Some(id);
