@@ -1036,22 +1036,24 @@ mod tests {
         fn timer(&mut self, _: &mut Cx<'_>, _: u64) {}
     }
 
-    fn run(steering: Steering, seed: u64) -> (Vec<(u64, Nanos, usize)>, crate::StatsSnapshot) {
+    /// 300 pairs on 4.14 with four CPUs: the workload as it ended, and the counters.
+    fn run_pairs(steering: Steering, seed: u64) -> (Pairs, crate::StatsSnapshot) {
         let t = Conntrack::new(preset("4.14").unwrap(), 4, 1);
         let cfg = SimConfig { cpus: 4, steering, seed, ..SimConfig::default() };
         let mut sim = Sim::new(&t, cfg);
         let mut w = Pairs { pairs: 300, delivered: vec![], verdicts: vec![] };
         sim.run(&mut w, Nanos::MAX);
-        (w.delivered, t.stats())
+        (w, t.stats())
+    }
+
+    fn run(steering: Steering, seed: u64) -> (Vec<(u64, Nanos, usize)>, crate::StatsSnapshot) {
+        let (w, stats) = run_pairs(steering, seed);
+        (w.delivered, stats)
     }
 
     #[test]
     fn verdicts_tell_each_packet_what_the_counters_count() {
-        let t = Conntrack::new(preset("4.14").unwrap(), 4, 1);
-        let cfg = SimConfig { cpus: 4, steering: Steering::Random, seed: 1, ..SimConfig::default() };
-        let mut w = Pairs { pairs: 300, delivered: vec![], verdicts: vec![] };
-        Sim::new(&t, cfg).run(&mut w, Nanos::MAX);
-        let stats = t.stats();
+        let (w, stats) = run_pairs(Steering::Random, 1);
         let count = |f: fn(&Verdict) -> bool| w.verdicts.iter().filter(|v| f(v)).count() as u64;
         assert_eq!(w.verdicts.len(), 600);
         assert_eq!(count(|v| matches!(v, Verdict::New(Confirmed::Inserted))), stats.get(Stat::Insert));
