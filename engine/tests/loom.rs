@@ -30,6 +30,19 @@ fn query(sport: u16) -> Tuple {
 
 const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 
+/// A two-CPU table of `kernel` with room for `max` entries, holding one
+/// flow, `query(1)`, confirmed by CPU 0 at time 0: the table, that flow's
+/// entry, and the generator that confirmed it (`seed`).
+fn with_one_flow(kernel: &str, max: u32, seed: u64) -> (Arc<Conntrack>, Hit, Pcg64Mcg) {
+    let t = Arc::new(Conntrack::new(tiny(kernel, max), 2, 1));
+    let mut rng = Pcg64Mcg::seed_from_u64(seed);
+    let ct = t.new_conn(query(1), TcpFlags::default(), At::new(0, 0)).unwrap();
+    let Confirm::Inserted(hit) = t.confirm(ct, At::new(0, 0), &mut rng) else {
+        panic!("the first flow was not inserted")
+    };
+    (t, hit, rng)
+}
+
 /// One packet's path: lookup; on a miss, DNAT to `ENDPOINT` and confirm.
 /// `None` when the lookup found the connection.
 fn packet(t: &Conntrack, cpu: usize, tuple: Tuple) -> Option<Confirm> {
@@ -107,10 +120,7 @@ fn race_two_cpus_confirm_one_tuple_drop() {
 #[test]
 fn race_confirm_against_gc_expiry() {
     loom::model(|| {
-        let t = Arc::new(Conntrack::new(tiny("6.1", 8), 2, 1));
-        let mut rng = Pcg64Mcg::seed_from_u64(9);
-        let old = t.new_conn(query(1), TcpFlags::default(), At::new(0, 0)).unwrap();
-        assert!(t.confirm(old, At::new(0, 0), &mut rng).accepted());
+        let (t, _, mut rng) = with_one_flow("6.1", 8, 9);
         let later = 31_000_000_000; // past the 30 s UDP timeout
         let t2 = t.clone();
         let gc = thread::spawn(move || t2.gc(At::new(1, later), 4).reaped);
@@ -140,10 +150,7 @@ fn race_confirm_against_gc_expiry() {
 #[test]
 fn race_new_conns_against_early_drop_at_max() {
     loom::model(|| {
-        let t = Arc::new(Conntrack::new(tiny("6.1", 1), 2, 1));
-        let mut rng = Pcg64Mcg::seed_from_u64(3);
-        let old = t.new_conn(query(1), TcpFlags::default(), At::new(0, 0)).unwrap();
-        assert!(t.confirm(old, At::new(0, 0), &mut rng).accepted());
+        let (t, _, mut rng) = with_one_flow("6.1", 1, 3);
         let t2 = t.clone();
         let h = thread::spawn(move || {
             let at = At::new(1, 10);
@@ -172,10 +179,7 @@ fn race_new_conns_against_early_drop_at_max() {
 #[test]
 fn race_lookup_against_remove_and_slot_reuse() {
     loom::model(|| {
-        let t = Arc::new(Conntrack::new(tiny("6.1", 8), 2, 1));
-        let mut rng = Pcg64Mcg::seed_from_u64(5);
-        let a = t.new_conn(query(1), TcpFlags::default(), At::new(0, 0)).unwrap();
-        let Confirm::Inserted(a) = t.confirm(a, At::new(0, 0), &mut rng) else { panic!("not inserted") };
+        let (t, a, _) = with_one_flow("6.1", 8, 5);
         let t2 = t.clone();
         let h = thread::spawn(move || {
             let at = At::new(1, 5);
