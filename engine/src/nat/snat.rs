@@ -343,6 +343,19 @@ mod tests {
         snat.allocate(orig, &orig.invert(), nat, rovers, 42, 0, 2, &mut rng, |c, _| taken.contains(c))
     }
 
+    /// Allocate for `orig` alone on `cpu` of `ncpus`: fresh rovers, secret 1,
+    /// `used` answering whether a candidate is taken.
+    fn probe(
+        snat: &Snat,
+        orig: &Tuple,
+        kernel: &str,
+        (cpu, ncpus): (usize, usize),
+        rng: &mut Pcg64Mcg,
+        used: impl FnMut(&Tuple, bool) -> bool,
+    ) -> SnatOutcome {
+        snat.allocate(orig, &orig.invert(), &nat(kernel), &Rovers::default(), 1, cpu, ncpus, rng, used)
+    }
+
     #[test]
     fn keeps_the_original_port_when_free() {
         let o = alloc(
@@ -386,22 +399,10 @@ mod tests {
     fn random_fully_spreads_ports() {
         let f = SnatFlags { random: false, random_fully: true };
         let snat = masq(f, Allocator::Kernel);
-        let n = nat("6.1");
         let ports: HashSet<u16> = (0..200u16)
             .map(|s| {
                 let mut rng = Pcg64Mcg::seed_from_u64(u64::from(s));
-                snat.allocate(
-                    &syn(1, 40000),
-                    &syn(1, 40000).invert(),
-                    &n,
-                    &Rovers::default(),
-                    1,
-                    0,
-                    1,
-                    &mut rng,
-                    |_, _| false,
-                )
-                .port
+                probe(&snat, &syn(1, 40000), "6.1", (0, 1), &mut rng, |_, _| false).port
             })
             .collect();
         assert!(ports.len() > 190, "{}", ports.len());
@@ -413,20 +414,10 @@ mod tests {
         let snat = masq(f, Allocator::Kernel);
         let mut rng = Pcg64Mcg::seed_from_u64(3);
         let mut harder = Vec::new();
-        let o = snat.allocate(
-            &syn(1, 40000),
-            &syn(1, 40000).invert(),
-            &nat("6.6"),
-            &Rovers::default(),
-            1,
-            0,
-            1,
-            &mut rng,
-            |_, h| {
-                harder.push(h);
-                true
-            },
-        );
+        let o = probe(&snat, &syn(1, 40000), "6.6", (0, 1), &mut rng, |_, h| {
+            harder.push(h);
+            true
+        });
         assert_eq!(o.probes, 128 + 64 + 32 + 16 + 8);
         assert!(o.exhausted);
         // Round by round: the probes with at most 32 attempts left are "harder".
@@ -442,31 +433,11 @@ mod tests {
         let snat =
             Snat { range: Some(PortRange { min: 5000, max: 5099 }), ..masq(SnatFlags::default(), Allocator::Kernel) };
         let mut rng = Pcg64Mcg::seed_from_u64(3);
-        let o = snat.allocate(
-            &syn(1, 40000),
-            &syn(1, 40000).invert(),
-            &nat("4.14"),
-            &Rovers::default(),
-            1,
-            0,
-            1,
-            &mut rng,
-            |_, _| true,
-        );
+        let o = probe(&snat, &syn(1, 40000), "4.14", (0, 1), &mut rng, |_, _| true);
         // The original port is outside the range: no keep probe; 99 probes, the 100th returned unchecked.
         assert_eq!((o.probes, o.exhausted), (99, true));
         let snat = Snat { allocator: Allocator::Exhaustive, ..snat };
-        let o = snat.allocate(
-            &syn(1, 40000),
-            &syn(1, 40000).invert(),
-            &nat("4.14"),
-            &Rovers::default(),
-            1,
-            0,
-            1,
-            &mut rng,
-            |_, _| true,
-        );
+        let o = probe(&snat, &syn(1, 40000), "4.14", (0, 1), &mut rng, |_, _| true);
         assert_eq!((o.probes, o.exhausted), (100, true));
         assert!((5000..5100).contains(&o.port));
     }
@@ -478,34 +449,14 @@ mod tests {
         for cpu in 0..4 {
             for s in 0..50u64 {
                 let mut rng = Pcg64Mcg::seed_from_u64(s);
-                let o = snat.allocate(
-                    &syn(1, 1),
-                    &syn(1, 1).invert(),
-                    &nat("6.1"),
-                    &Rovers::default(),
-                    1,
-                    cpu,
-                    4,
-                    &mut rng,
-                    |_, _| false,
-                );
+                let o = probe(&snat, &syn(1, 1), "6.1", (cpu, 4), &mut rng, |_, _| false);
                 let lo = 10000 + 250 * cpu as u16;
                 assert!((lo..lo + 250).contains(&o.port), "cpu {cpu}: {}", o.port);
             }
         }
         let snat = Snat { allocator: Allocator::RandomRetries { tries: 3 }, ..snat };
         let mut rng = Pcg64Mcg::seed_from_u64(1);
-        let o = snat.allocate(
-            &syn(1, 1),
-            &syn(1, 1).invert(),
-            &nat("6.1"),
-            &Rovers::default(),
-            1,
-            0,
-            1,
-            &mut rng,
-            |_, _| true,
-        );
+        let o = probe(&snat, &syn(1, 1), "6.1", (0, 1), &mut rng, |_, _| true);
         assert_eq!((o.probes, o.exhausted), (3, true));
     }
 
