@@ -1,6 +1,7 @@
 //! Real threads on one table: group `threads`, with the baselines in the
 //! same group (`racetrack stress --baselines` measures the same from the CLI).
 //! Each iteration is one operation; with two threads, both run `iters`.
+//! `reference` is the busy loop `stress --scaling` divides speed-ups by.
 //! The clock starts once the table is preloaded and the threads started.
 //! Run with `cargo bench --bench threads`; figures are in `docs/performance.md`.
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -9,11 +10,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use racetrack_engine::profile::preset;
-use racetrack_engine::threads::{run, StressConfig, Workload};
+use racetrack_engine::threads::{run, spin_work, StressConfig, Workload};
 use racetrack_engine::Conntrack;
 use racetrack_models::baseline::{self, Dash, MutexMap};
 
 const FLOWS: u32 = 10_000;
+/// Busy-loop steps per reference iteration (about the length of one table operation).
+const REFERENCE_SPINS: u64 = 200;
 
 /// Time `run` from its first look at the count (after the preload and the
 /// threads' start, which are not the workload) to the stop at `iters`
@@ -69,6 +72,26 @@ fn threads(c: &mut Criterion) {
                 })
             });
         }
+    }
+    // The embarrassingly parallel reference `racetrack stress --scaling` runs
+    // beside the workload (a busy loop per thread, sharing nothing): a
+    // workload's speed-up from 1 to 2 threads divided by this one's is its
+    // scaling efficiency on this machine. Each iteration is one short loop per thread.
+    for n in [1usize, 2] {
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("reference", format!("{n}t")), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..n {
+                        s.spawn(move || {
+                            (0..iters).fold(0, |x, _| x ^ std::hint::black_box(spin_work(REFERENCE_SPINS)))
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
     }
     g.finish();
 }
