@@ -307,12 +307,18 @@ fn line_handoff_ns(threads: usize, span: Duration) -> f64 {
 /// A workload run that stops when its `keep_going(ops)` says so; returns the ops done.
 type Runner<'a> = dyn Fn(&mut dyn FnMut(u64) -> bool) -> u64 + 'a;
 
-/// Busy-loop iterations per nanosecond on this machine, measured once.
+/// Busy-loop iterations per nanosecond on this machine: the fastest of 16
+/// short trials (about 70 µs each), so that a trial the host preempted or
+/// slowed does not shorten every window of the run.
 fn spins_per_ns() -> f64 {
-    let n = 2_000_000;
-    let start = Instant::now();
-    std::hint::black_box(spin_work(n));
-    n as f64 / start.elapsed().as_nanos().max(1) as f64
+    let n = 125_000;
+    (0..16)
+        .map(|_| {
+            let start = Instant::now();
+            std::hint::black_box(spin_work(n));
+            n as f64 / start.elapsed().as_nanos().max(1) as f64
+        })
+        .fold(0.0, f64::max)
 }
 
 pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
