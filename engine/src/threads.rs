@@ -113,10 +113,10 @@ pub struct StressOutcome {
 /// Never inlined: callers time calls of this function to turn a duration
 /// into iterations, and the window, the baselines' window and the
 /// `--scaling` reference loop must then run the machine code that was timed.
-/// Inlined copies have the same six instructions but need not have the same
+/// Inlined copies compile to the same loop body but need not run at the same
 /// speed (their placement differs): after an unrelated change to the engine,
-/// one build's worker copy ran its windows in about two thirds of the time
-/// asked for, while the calibration's copy was unchanged.
+/// one build's worker copy ran its windows about two thirds as long as other
+/// builds did, while the calibration's copy was unchanged.
 #[inline(never)]
 pub fn spin_work(iterations: u64) -> u64 {
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
