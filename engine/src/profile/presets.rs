@@ -95,10 +95,14 @@ pub fn presets() -> Vec<KernelProfile> {
     let v4_4 = derive(
         v3_10.clone(),
         "4.4",
-        "as 3.10 (no clash resolution); PAWS also rejects SYNs without a timestamp",
+        "as 3.10 (no clash resolution); PAWS also rejects SYNs without a timestamp; 65536 buckets on big hosts",
         |p| {
             p.counters.found_on_lookup = false;
             p.tcp.paws_rejects_syn_without_timestamp = true;
+            // 3.19 gave hosts with more than 4 GiB 65536 buckets (max_factor 4
+            // as before); the presets have no 3.19 step, so it enters here.
+            p.conntrack.buckets = 65536;
+            p.conntrack.max = 262144;
         },
     );
     let v4_9 = derive(
@@ -222,6 +226,21 @@ mod tests {
             let text = p.to_toml();
             let back = KernelProfile::from_toml(&text, &p.name).unwrap();
             assert_eq!(back, p, "{} does not round-trip", p.name);
+        }
+    }
+
+    /// The default table size on a 64-bit host with more than 4 GiB, by the
+    /// kernel's `nf_conntrack_init_start`: 16384 buckets (max 4x) up to 3.18,
+    /// 65536 (max 4x) from 3.19, 262144 (max 1x) from 5.15.
+    #[test]
+    fn every_preset_sizes_its_table_as_its_kernel_does_on_a_big_host() {
+        for p in presets() {
+            let want = match p.name.as_str() {
+                "3.10" | "rhel-7.8" => (16384, 65536),
+                "5.15" | "6.1" | "6.6" | "6.12" => (262144, 262144),
+                _ => (65536, 262144),
+            };
+            assert_eq!((p.conntrack.buckets, p.conntrack.max), want, "{}", p.name);
         }
     }
 
