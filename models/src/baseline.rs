@@ -270,8 +270,9 @@ mod tests {
         assert!(expiries.iter().any(|&e| e > 0), "no flow was refreshed");
         assert!(expiries.iter().all(|&e| e == 0 || e >= TIMEOUT_S * 250));
         // New flows of `mixed` live on port 5353 and are removed in turn:
-        // the worker that did half of the 20 000 operations closed about
-        // 2 000 of its ring's 500 entries, so its first new flow is gone.
+        // the worker that did half of the 20 000 operations moved round its
+        // 500-entry ring about 2 000 times (a fifth of its operations), so
+        // its first new flow has been replaced and removed.
         // `lookup` never makes one.
         let first_new = |w| m.expires(&flow(w, 0, 5353).orig);
         match workload {
