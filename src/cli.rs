@@ -43,90 +43,10 @@ pub enum Command {
     },
     /// Run a scenario over a grid of parameter values, kernels and seeds, in
     /// parallel; report each point's mean and 95 % confidence interval.
-    Sweep {
-        /// A built-in scenario (`racetrack scenarios`) or a scenario TOML file.
-        #[arg(value_name = "SCENARIO|FILE")]
-        scenario: String,
-        /// A parameter and its values: `clients.rate=100,200,400`, or a range
-        /// `FROM..TO:STEP` (`clients.rate=100..1000:100`). Repeat for a grid.
-        #[arg(long = "over", value_name = "KEY=V1,V2,...", required = true)]
-        over: Vec<String>,
-        /// Kernel presets or profile files, comma-separated (default: the
-        /// scenario's, as for `run`).
-        #[arg(long, value_name = "P1,P2,...", value_delimiter = ',')]
-        kernel: Vec<String>,
-        /// Seeds per point: N, N+1, … (the interval needs at least 2).
-        #[arg(long, default_value_t = 5, value_name = "K")]
-        seeds: usize,
-        /// Override a scenario parameter for every point, as for `run`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        sets: Vec<String>,
-        /// First seed (default: the scenario's).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// A metric to report: a dotted key of `run`'s JSON summary, or a
-        /// derived share (`clients.retried_share`). Repeatable; the first is
-        /// plotted. Default: the scenario's headline metric and a few more.
-        #[arg(long = "metric", value_name = "KEY")]
-        metrics: Vec<String>,
-        /// Also draw the first metric as an SVG line chart into this file.
-        #[arg(long, value_name = "FILE.svg")]
-        plot: Option<std::path::PathBuf>,
-        /// Worker threads (default: one per core).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Files from a real node, applied to every point (before `--set` and `--over`).
-        #[command(flatten)]
-        inputs: InputArgs,
-        /// Output format: table, json or csv (default: table on a terminal,
-        /// json otherwise).
-        #[arg(long, value_enum)]
-        format: Option<Format>,
-    },
+    Sweep(SweepArgs),
     /// Hammer one table with real threads: race counting under real
     /// concurrency, and the table's speed.
-    Stress {
-        /// Worker threads, one per CPU.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// `pair` (two threads release one new flow at once), `snat`, `lookup`, `mixed`.
-        #[arg(long, value_enum, default_value_t = StressWorkload::Pair)]
-        workload: StressWorkload,
-        /// Stop after this long (`2s`, `500ms`).
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Stop after this many operations (whichever comes first).
-        #[arg(long)]
-        ops: Option<u64>,
-        /// Kernel preset or profile TOML file.
-        #[arg(long, value_name = "NAME|FILE", default_value = "4.19")]
-        kernel: String,
-        /// Busy work between lookup and confirm, standing for the rest of the
-        /// packet path (the real race window). `0s` allowed.
-        #[arg(long, default_value = "2us", value_parser = humantime::parse_duration)]
-        window: std::time::Duration,
-        /// DNAT endpoints for `pair`.
-        #[arg(long, default_value_t = 1)]
-        endpoints: u32,
-        /// `snat`: MASQUERADE with `--random-fully`.
-        #[arg(long)]
-        random_fully: bool,
-        /// Established flows for `lookup` and `mixed`; live flows for `snat`.
-        #[arg(long, default_value_t = 10_000)]
-        flows: u32,
-        /// Seed of the workers' generators.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Also run the workload on a `DashMap` and a `Mutex<HashMap>` (lookup, mixed).
-        #[arg(long)]
-        baselines: bool,
-        /// Run with 1..=N threads, beside an embarrassingly parallel reference loop.
-        #[arg(long)]
-        scaling: bool,
-        /// Output format (default: table on a terminal, json otherwise).
-        #[arg(long, value_enum)]
-        format: Option<Format>,
-    },
+    Stress(StressArgs),
     /// Show a race step by step on two CPUs, then each fix (for teaching).
     Explain {
         /// `dns-dnat`, `snat-port`, `tw-recycle` or `syn-backlog`.
@@ -195,6 +115,94 @@ pub struct InputArgs {
     /// `IP`, `IP:PORT`, `IP:PORT/PROTO` or `nodeport:PORT`.
     #[arg(long, value_name = "SPEC")]
     pub service: Option<String>,
+}
+
+/// Everything `racetrack sweep` is asked.
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    /// A built-in scenario (`racetrack scenarios`) or a scenario TOML file.
+    #[arg(value_name = "SCENARIO|FILE")]
+    pub scenario: String,
+    /// A parameter and its values: `clients.rate=100,200,400`, or a range
+    /// `FROM..TO:STEP` (`clients.rate=100..1000:100`). Repeat for a grid.
+    #[arg(long = "over", value_name = "KEY=V1,V2,...", required = true)]
+    pub over: Vec<String>,
+    /// Kernel presets or profile files, comma-separated (default: the
+    /// scenario's, as for `run`).
+    #[arg(long, value_name = "P1,P2,...", value_delimiter = ',')]
+    pub kernel: Vec<String>,
+    /// Seeds per point: N, N+1, … (the interval needs at least 2).
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    pub seeds: usize,
+    /// Override a scenario parameter for every point, as for `run`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// First seed (default: the scenario's).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A metric to report: a dotted key of `run`'s JSON summary, or a
+    /// derived share (`clients.retried_share`). Repeatable; the first is
+    /// plotted. Default: the scenario's headline metric and a few more.
+    #[arg(long = "metric", value_name = "KEY")]
+    pub metrics: Vec<String>,
+    /// Also draw the first metric as an SVG line chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Files from a real node, applied to every point (before `--set` and `--over`).
+    #[command(flatten)]
+    pub inputs: InputArgs,
+    /// Output format: table, json or csv (default: table on a terminal,
+    /// json otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+}
+
+/// Everything `racetrack stress` is asked.
+#[derive(Debug, clap::Args)]
+pub struct StressArgs {
+    /// Worker threads, one per CPU.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// `pair` (two threads release one new flow at once), `snat`, `lookup`, `mixed`.
+    #[arg(long, value_enum, default_value_t = StressWorkload::Pair)]
+    pub workload: StressWorkload,
+    /// Stop after this long (`2s`, `500ms`).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Stop after this many operations (whichever comes first).
+    #[arg(long)]
+    pub ops: Option<u64>,
+    /// Kernel preset or profile TOML file.
+    #[arg(long, value_name = "NAME|FILE", default_value = "4.19")]
+    pub kernel: String,
+    /// Busy work between lookup and confirm, standing for the rest of the
+    /// packet path (the real race window). `0s` allowed.
+    #[arg(long, default_value = "2us", value_parser = humantime::parse_duration)]
+    pub window: std::time::Duration,
+    /// DNAT endpoints for `pair`.
+    #[arg(long, default_value_t = 1)]
+    pub endpoints: u32,
+    /// `snat`: MASQUERADE with `--random-fully`.
+    #[arg(long)]
+    pub random_fully: bool,
+    /// Established flows for `lookup` and `mixed`; live flows for `snat`.
+    #[arg(long, default_value_t = 10_000)]
+    pub flows: u32,
+    /// Seed of the workers' generators.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Also run the workload on a `DashMap` and a `Mutex<HashMap>` (lookup, mixed).
+    #[arg(long)]
+    pub baselines: bool,
+    /// Run with 1..=N threads, beside an embarrassingly parallel reference loop.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Output format (default: table on a terminal, json otherwise).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 }
 
 /// The stress workloads.

@@ -25,49 +25,13 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Some(Command::Run { scenario, kernel, sets, seed, inputs, format }) => {
             run::run(&mut out, &scenario, kernel.as_deref(), &sets, seed, &inputs, format)
         }
-        Some(Command::Sweep { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, inputs, format }) => {
-            sweep::run(
-                &mut out,
-                sweep::Args { scenario, over, kernel, seeds, sets, seed, metrics, plot, threads, inputs, format },
-            )
-        }
+        Some(Command::Sweep(args)) => sweep::run(&mut out, args),
         Some(Command::Diagnose { file, kernel, no_verify, check, format }) => {
             diagnose::run(&mut out, diagnose::Args { file, kernel, no_verify, check, format })
         }
         Some(Command::Scenarios { show }) => scenarios::run(&mut out, show.as_deref()),
         Some(Command::Explain { race, kernel, format }) => explain::run(&mut out, &race, kernel.as_deref(), format),
-        Some(Command::Stress {
-            threads,
-            workload,
-            duration,
-            ops,
-            kernel,
-            window,
-            endpoints,
-            random_fully,
-            flows,
-            seed,
-            baselines,
-            scaling,
-            format,
-        }) => stress::run(
-            &mut out,
-            stress::Args {
-                threads,
-                workload,
-                duration,
-                ops,
-                kernel,
-                window,
-                endpoints,
-                random_fully,
-                flows,
-                seed,
-                baselines,
-                scaling,
-                format,
-            },
-        ),
+        Some(Command::Stress(args)) => stress::run(&mut out, args),
     };
     let result = result.and_then(|code| out.flush().map(|_| code).map_err(CliError::from));
     match result {

@@ -14,27 +14,10 @@ use racetrack_engine::{Conntrack, KernelProfile};
 use racetrack_models::baseline::{self, Dash, MutexMap, Speed};
 use serde::Serialize;
 
-use crate::cli::{Format, StressWorkload};
+use crate::cli::{Format, StressArgs as Args, StressWorkload};
 use crate::error::CliError;
 use crate::output::json_line;
 use crate::render;
-
-/// Everything `racetrack stress` was asked.
-pub struct Args {
-    pub threads: usize,
-    pub workload: StressWorkload,
-    pub duration: Duration,
-    pub ops: Option<u64>,
-    pub kernel: String,
-    pub window: Duration,
-    pub endpoints: u32,
-    pub random_fully: bool,
-    pub flows: u32,
-    pub seed: u64,
-    pub baselines: bool,
-    pub scaling: bool,
-    pub format: Option<Format>,
-}
 
 #[derive(Serialize)]
 struct Summary {

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -19,25 +18,10 @@ use serde_json::{json, Value};
 
 use super::inputs;
 use super::run::{default_format, load_scenario};
-use crate::cli::{Format, InputArgs};
+use crate::cli::{Format, SweepArgs as Args};
 use crate::error::CliError;
 use crate::output::{json_line, Table};
 use crate::plot;
-
-/// The arguments of `sweep`, as parsed.
-pub struct Args {
-    pub scenario: String,
-    pub over: Vec<String>,
-    pub kernel: Vec<String>,
-    pub seeds: usize,
-    pub sets: Vec<String>,
-    pub seed: Option<u64>,
-    pub metrics: Vec<String>,
-    pub plot: Option<PathBuf>,
-    pub threads: Option<usize>,
-    pub inputs: InputArgs,
-    pub format: Option<Format>,
-}
 
 /// What to print.
 #[derive(Clone, Copy, PartialEq, Eq)]
