@@ -154,8 +154,8 @@ pub struct SweepArgs {
     /// Files from a real node, applied to every point (before `--set` and `--over`).
     #[command(flatten)]
     pub inputs: InputArgs,
-    /// Output format: table, json or csv (default: table on a terminal,
-    /// json otherwise).
+    /// Output format: table, json, csv or prom (default: table on a
+    /// terminal, json otherwise).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
 }

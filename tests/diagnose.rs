@@ -86,6 +86,32 @@ fn a_healthy_node_is_healthy() {
     assert_eq!(kinds(&d), set([ClashesAmbiguous, Healthy]));
 }
 
+/// On 5.10+ an insert_failed without drop is a refused insert (a too long
+/// chain the tools do not print, or an extension's check): a lost packet,
+/// so a node with many of them per insert is not healthy.
+#[test]
+fn many_insert_failed_without_drop_on_5_10_is_a_problem_not_healthy() {
+    let line = |ifail: u64| {
+        format!(
+            "cpu=0 found=0 invalid=0 insert=1000000 insert_failed={ifail} drop=0 early_drop=0 error=0 \
+             search_restart=0 clash_resolve=3\n"
+        )
+    };
+    let read = |ifail: u64| {
+        let s = diagnose::parse(&line(ifail), "stdin").unwrap();
+        diagnose::diagnose(&s, Kernel::infer(&s))
+    };
+    let d = read(4000);
+    assert_eq!(d.kernel.generation, Generation::ClashResolve, "{}", d.kernel.basis);
+    assert_eq!(kinds(&d), set([ClashesAmbiguous, ResolvedClashes]));
+    let ambiguous = d.findings.iter().find(|f| f.kind == ClashesAmbiguous).unwrap();
+    assert_eq!(ambiguous.severity, Severity::Problem, "{}", ambiguous.evidence);
+    // At 1e-5 per insert or below it is a notice beside healthy.
+    let d = read(10);
+    assert_eq!(kinds(&d), set([ClashesAmbiguous, ResolvedClashes, Healthy]));
+    assert!(d.findings.iter().all(|f| f.severity != Severity::Problem));
+}
+
 #[test]
 fn table_full_on_5_10_with_old_tools() {
     let s = sample("5.10-table-full.txt");

@@ -13,7 +13,8 @@
 //!   that times out with one answer too, to `single-request-reopen`. With no
 //!   answer, the next attempt uses the same socket. `single-request` sends
 //!   AAAA after A's answer; `single-request-reopen` also opens a new socket
-//!   (a new tuple) for it; `use-vc` uses TCP. The socket is closed after each
+//!   (a new tuple) for it; `use-vc` sends both on one TCP connection per
+//!   try, so its SYN is the only new packet. The socket is closed after each
 //!   name of the search list.
 //! - **musl**: A and AAAA in parallel from one socket per name; unanswered
 //!   queries are sent again every `timeout / attempts`, and the name fails
@@ -413,6 +414,12 @@ impl DnsWorkload<'_> {
         }
     }
 
+    /// glibc's `options use-vc`: each try is one TCP connection (musl and
+    /// pure Go ignore the option).
+    fn use_vc(&self) -> bool {
+        self.resolver() == Resolver::Glibc && self.s.resolv.use_vc
+    }
+
     /// The retry interval a timeout costs (for the latency classes).
     fn interval(&self) -> Nanos {
         match self.resolver() {
@@ -487,7 +494,10 @@ impl DnsWorkload<'_> {
         let burst = self.burst;
         self.burst += 1;
         self.send_query(cx, id, 0, Some(burst));
-        if parallel {
+        // `use-vc`: one TCP connection carries both queries (`send_vc`
+        // connects, then writes A and AAAA in one `writev`), so conntrack
+        // sees one SYN and no racing pair.
+        if parallel && !self.use_vc() {
             self.send_query(cx, id, 1, Some(burst));
         }
         let wait = if self.resolver() == Resolver::Musl { interval } else { timeout };
@@ -501,7 +511,7 @@ impl DnsWorkload<'_> {
         let (pod, port) = (l.pod, l.ports[q]);
         let cache = self.s.mitigations.node_local_cache;
         let dst = if cache { CACHE_IP } else { SERVICE_IP };
-        let use_vc = self.resolver() == Resolver::Glibc && self.s.resolv.use_vc;
+        let use_vc = self.use_vc();
         let mut pkt = Packet::new(
             if use_vc { Tuple::tcp(pod_ip(pod), port, dst, 53) } else { Tuple::udp(pod_ip(pod), port, dst, 53) },
             tag::make(tag::QUERY, epoch, id, q),
@@ -511,7 +521,7 @@ impl DnsWorkload<'_> {
         pkt.notrack = cache;
         pkt.nat = (!cache).then_some(self.nat);
         if use_vc {
-            // One TCP connection per query; its SYN is what conntrack sees.
+            // The try's TCP connection; its SYN is what conntrack sees.
             pkt.flags = TcpFlags::SYN;
         }
         let delay = if q == 1 { self.s.mitigations.aaaa_delay.as_nanos() as Nanos } else { 0 };
@@ -521,11 +531,16 @@ impl DnsWorkload<'_> {
     /// An answer reached the client.
     fn answered(&mut self, cx: &mut Cx<'_>, id: u32, epoch: u32, q: usize) {
         let resolver = self.resolver();
+        let use_vc = self.use_vc();
         let l = &mut self.lookups[id as usize];
         if l.done || l.got[q] || (epoch != l.epoch && resolver != Resolver::Musl) {
             return;
         }
         l.got[q] = true;
+        if use_vc {
+            // Both answers come back on the try's one connection.
+            l.got = [true, true];
+        }
         if l.got == [true, true] {
             return self.name_done(cx, id);
         }
@@ -623,7 +638,9 @@ impl DnsWorkload<'_> {
         } else {
             self.failed += 1;
         }
-        if l.timeouts > 0 {
+        // `retried` counts answered lookups that waited first, as the TCP
+        // scenarios count connections; a failed one is in `failed` only.
+        if ok && l.timeouts > 0 {
             self.retried += 1;
             let class = (latency / interval).max(1) as u32;
             *self.classes.entry(class).or_default() += 1;

@@ -284,9 +284,11 @@ fn predictions(s: &SynBacklogScenario, limit: usize, hosts: &[HostStats]) -> Vec
     let in_flight = if spread <= rtt { f64::from(s.load.burst) } else { f64::from(s.load.burst) * rtt / spread };
     let (cap, why) = match l.tcp_syncookies {
         0 => {
-            let rule = f64::from(l.tcp_max_syn_backlog - (l.tcp_max_syn_backlog >> 2));
+            // A SYN is dropped once `max - qlen < max / 4`, so the queue
+            // still takes the SYN that finds exactly a quarter free.
+            let rule = f64::from(l.tcp_max_syn_backlog - (l.tcp_max_syn_backlog >> 2) + 1);
             let cap = rule.min(limit as f64);
-            (cap, format!("min(backlog, somaxconn, ¾·tcp_max_syn_backlog) = {cap}"))
+            (cap, format!("min(backlog, somaxconn, ¾·tcp_max_syn_backlog + 1) = {cap}"))
         }
         _ => (f64::INFINITY, "syncookies answer a full SYN queue: no SYN-queue drops".to_string()),
     };

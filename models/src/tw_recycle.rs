@@ -350,8 +350,10 @@ fn predictions(side: &Side<'_>, hosts: &[HostStats]) -> Vec<Prediction> {
     let (predicted, formula) = if !side.cache_on() {
         (0.0, "0: no per-peer timestamp cache without tcp_tw_recycle and timestamps".to_string())
     } else if !s.hosts.timestamps {
-        let p = if side.cache.rejects_without_ts { 1.0 } else { 0.0 };
-        (p, "SYNs without timestamps: all rejected on 4.x once a peer is cached, none on 3.x".to_string())
+        // The cache keeps a peer's last TSval; hosts that send none leave
+        // nothing to compare with (4.x's rejection of a SYN without a
+        // timestamp needs a cached one from another host of the address).
+        (0.0, "0: the hosts send no timestamps, so no peer's TSval is ever cached".to_string())
     } else {
         match s.hosts.ts_offsets {
             ClientOffsets::PerConnection => {

@@ -41,7 +41,7 @@ fn one_cpu_per_sender_or_per_flow_never_races() {
         let r = go(&s, "4.14");
         assert_eq!(c(&r, "insert_failed"), 0, "{steering:?}");
         assert_eq!(r.clients.retried, 0, "{steering:?}");
-        assert!(c(&r, "insert") > 0);
+        assert!(r.conntrack_entries_created > 0);
     }
 }
 
@@ -106,6 +106,23 @@ fn single_request_reopen_avoids_the_clash_for_glibc_but_not_musl() {
     assert!(c(&r, "insert_failed") > 0, "musl ignores single-request-reopen");
     // musl resends after timeout/attempts = 2.5 s.
     assert!(r.clients.retry_classes.contains_key("2.5s"), "{:?}", r.clients.retry_classes);
+}
+
+#[test]
+fn use_vc_sends_one_syn_per_try_so_nothing_races_and_musl_ignores_it() {
+    let mut s = scenario();
+    s.resolv.use_vc = true;
+    for kernel in ["4.14", "6.6"] {
+        let r = go(&s, kernel);
+        assert_eq!(c(&r, "insert_failed") + c(&r, "drop") + c(&r, "clash_resolve"), 0, "{kernel}: {:?}", r.conntrack);
+        assert_eq!(r.clients.retried, 0, "{kernel}");
+        assert_eq!(r.clients.ok, r.clients.requests, "{kernel}");
+        // One connection per lookup (each tries one name here), whose SYN is inserted.
+        assert!(r.conntrack_entries_created <= u64::from(s.clients.lookups), "{kernel}");
+        assert!(r.conntrack_entries_created > 0, "{kernel}");
+    }
+    s.clients.resolver = Resolver::Musl;
+    assert!(c(&go(&s, "4.14"), "insert_failed") > 0, "musl ignores use-vc");
 }
 
 #[test]

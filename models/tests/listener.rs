@@ -63,6 +63,14 @@ fn without_tw_recycle_or_timestamps_nothing_is_lost() {
 }
 
 #[test]
+fn hosts_without_timestamps_leave_nothing_cached_and_the_analytic_agrees() {
+    let r = tw(4, |s| s.hosts.timestamps = false);
+    assert_eq!(r.tcp.syn_dropped_paws, 0);
+    let p = &r.analytic[0];
+    assert_eq!((p.predicted, p.simulated), (0.0, Some(0.0)), "{}", p.formula);
+}
+
+#[test]
 fn per_connection_offsets_make_even_one_host_lose_half() {
     // 95a22caee396 (4.10) randomised the offset per connection; as the
     // commit removing tcp_tw_recycle says, the cache then breaks for every
@@ -111,11 +119,20 @@ fn bursts_over_the_syn_backlog_drop_syns_and_8096_ends_it() {
 
 #[test]
 fn a_burst_under_the_threshold_passes() {
-    // Without syncookies the SYN queue refuses once ¾ of tcp_max_syn_backlog (768) is used.
+    // Without syncookies a SYN is refused once fewer than a quarter of
+    // tcp_max_syn_backlog (1024) is free: the 769th still finds 256 free.
     let r = backlog(|s| s.load.burst = 700);
     assert_eq!(r.tcp.syn_dropped_backlog, 0);
     let r = backlog(|s| s.load.burst = 900);
     assert!(r.tcp.syn_dropped_backlog > 0);
+    for (burst, lost) in [(769, 0.0), (770, 1.0)] {
+        let r = backlog(|s| {
+            s.load.burst = burst;
+            s.load.connections = burst;
+        });
+        assert_eq!(r.tcp.syn_dropped_backlog as f64, lost, "burst {burst}");
+        assert_eq!(r.analytic[0].predicted, lost, "burst {burst}: {}", r.analytic[0].formula);
+    }
 }
 
 #[test]

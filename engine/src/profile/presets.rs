@@ -85,11 +85,22 @@ pub fn presets() -> Vec<KernelProfile> {
     let rhel7 = derive(
         v3_10.clone(),
         "rhel-7.8",
-        "3.10.0-1127.el7: 3.10 with the 4.x clash merge backported (UDP, winner without NAT)",
+        "3.10.0-1127.el7: 3.10 with the 4.19 clash merge, the 5.0 NAT search and same-origin rule backported; HZ 1000",
         |p| {
-            p.conntrack.clash = ClashPolicy::MergeWithoutNat;
+            // Read in the 3.10.0-1127 source: `nf_ct_resolve_clash` merges
+            // when the winner has no NAT or `nf_ct_match` holds.
+            p.conntrack.clash = ClashPolicy::MergeMatching;
             p.conntrack.allow_clash = vec![L4Proto::Udp];
+            p.conntrack.nat_same_origin_not_taken = true;
             p.counters.drop_on_clash = true;
+            p.conntrack.buckets = 65536;
+            p.conntrack.max = 262144;
+            p.conntrack.hz = 1000;
+            // No rover: a random start and at most 248 probes; `--random`
+            // still starts at the keyed hash.
+            p.nat.default_offset = PortOffset::Random;
+            p.nat.search = PortSearch::Bounded { attempts: 128, min_round: 16 };
+            p.tcp.paws_rejects_syn_without_timestamp = true;
         },
     );
     let v4_4 = derive(
@@ -97,10 +108,9 @@ pub fn presets() -> Vec<KernelProfile> {
         "4.4",
         "as 3.10 (no clash resolution); PAWS also rejects SYNs without a timestamp; 65536 buckets on big hosts",
         |p| {
-            p.counters.found_on_lookup = false;
             p.tcp.paws_rejects_syn_without_timestamp = true;
-            // 3.19 gave hosts with more than 4 GiB 65536 buckets (max_factor 4
-            // as before); the presets have no 3.19 step, so it enters here.
+            // 4.0 gave hosts with more than 4 GiB 65536 buckets (max_factor 4
+            // as before); the presets have no 4.0 step, so it enters here.
             p.conntrack.buckets = 65536;
             p.conntrack.max = 262144;
         },
@@ -108,13 +118,22 @@ pub fn presets() -> Vec<KernelProfile> {
     let v4_9 = derive(
         v4_4.clone(),
         "4.9",
-        "UDP clash merged only if the winner has no NAT (DNAT races still drop); insert_failed counts merges too",
+        "UDP clash merged only if the winner has no NAT (DNAT races still drop); insert_failed counts merges too; \
+         insert and found no longer counted",
         |p| {
             p.conntrack.clash = ClashPolicy::MergeWithoutNat;
             p.conntrack.allow_clash = vec![L4Proto::Udp];
             p.counters.drop_on_clash = true;
-            // 4.7 dropped the per-entry timer: the expiry is written whenever it changes.
+            // 4.9 dropped the per-entry timer: the expiry is written whenever it changes.
             p.conntrack.refresh_min = Duration::ZERO;
+            // Confirm no longer counts `insert`, nor a lookup hit `found`
+            // (both are in 4.8's `nf_conntrack_core.c`, neither in 4.9's).
+            p.counters.insert = false;
+            p.counters.found_on_lookup = false;
+            // `early_drop` walks `reciprocal_scale(_hash++, hsize)`: eight
+            // consecutive hash values scale to the same bucket, so it scans
+            // one chain eight times (fixed in 4.20).
+            p.conntrack.early_drop_buckets = 1;
         },
     );
     let v4_14 = derive(
@@ -144,20 +163,22 @@ pub fn presets() -> Vec<KernelProfile> {
     let v5_0 = derive(
         v4_19.clone(),
         "5.0",
-        "NAT probes ignore the same flow's racing entry, so one flow keeps one mapping; UDP stream after 2 s, 120 s",
+        "NAT: random start, at most 248 probes, no rover; same-origin rule; UDP stream after 2 s, 120 s",
         |p| {
             p.conntrack.nat_same_origin_not_taken = true;
             p.timeouts.udp_stream = secs(120);
             p.timeouts.udp_stream_after = Some(secs(2));
+            // a504b703bb1d + 6ed5943f8735 are in 5.0 (the 4.x stable trees
+            // got them in 2022).
+            bounded_random_nat(p);
+            // 4.20 made early_drop step bucket by bucket again.
+            p.conntrack.early_drop_buckets = 8;
         },
     );
     let v5_4 = derive(v5_0.clone(), "5.4", "as 5.0; somaxconn 4096", |p| p.tcp.somaxconn = 4096);
-    let v5_4_172 = derive(
-        v5_4.clone(),
-        "5.4.172",
-        "5.4 stable with the 2022 NAT fixes: random port offset, at most 248 probes, no shared rover",
-        bounded_random_nat,
-    );
+    // Kept so that files and commands naming it still work: 5.4 already has
+    // the NAT search this name once stood for.
+    let v5_4_172 = derive(v5_4.clone(), "5.4.172", "as 5.4 (its NAT search has been in mainline since 5.0)", |_| {});
     let v5_6 = derive(
         v5_4.clone(),
         "5.6",
@@ -171,31 +192,24 @@ pub fn presets() -> Vec<KernelProfile> {
     let v5_15 = derive(
         v5_10.clone(),
         "5.15",
-        "chain length limit at insert (50..79, chaintoolong); buckets = max = 262144 on big hosts",
+        "chain length limit at insert (8..31, chaintoolong); buckets = max = 262144 on big hosts",
         |p| {
-            p.conntrack.chain_limit = Some(ChainLimit { min: 50, spread: 30 });
+            p.conntrack.chain_limit = Some(ChainLimit { min: 8, spread: 24 });
             p.conntrack.buckets = 262144;
             p.conntrack.max = 262144;
         },
     );
-    let v6_1 = derive(
-        v5_15.clone(),
-        "6.1",
-        "as 5.15 with the 2022 NAT fixes: random port offset, at most 248 probes",
-        bounded_random_nat,
-    );
-    let v6_6 = derive(v6_1.clone(), "6.6", "SNAT may evict a closing TCP entry in the last 32 probes", |p| {
-        p.nat.evict_closing_tcp = true
-    });
-    let v6_12 = derive(
-        v6_6.clone(),
-        "6.12",
-        "current: as 6.6; insert is no longer counted; timestamps offset per connection again",
+    let v6_1 = derive(v5_15.clone(), "6.1", "as 5.15 (LTS)", |_| {});
+    let v6_6 = derive(
+        v6_1.clone(),
+        "6.6",
+        "chain length limit 50..79 (6.4); SNAT may evict a closing TCP entry in the last 32 probes (6.5)",
         |p| {
-            p.counters.insert = false;
-            p.tcp.ts_offsets = TsOffsets::PerConnection;
+            p.conntrack.chain_limit = Some(ChainLimit { min: 50, spread: 30 });
+            p.nat.evict_closing_tcp = true;
         },
     );
+    let v6_12 = derive(v6_6.clone(), "6.12", "as 6.6 (LTS)", |_| {});
     vec![v3_10, rhel7, v4_4, v4_9, v4_14, v4_14_173, v4_19, v5_0, v5_4, v5_4_172, v5_6, v5_10, v5_15, v6_1, v6_6, v6_12]
 }
 
@@ -230,17 +244,43 @@ mod tests {
     }
 
     /// The default table size on a 64-bit host with more than 4 GiB, by the
-    /// kernel's `nf_conntrack_init_start`: 16384 buckets (max 4x) up to 3.18,
-    /// 65536 (max 4x) from 3.19, 262144 (max 1x) from 5.15.
+    /// kernel's `nf_conntrack_init_start`: 16384 buckets (max 4x) up to 3.19,
+    /// 65536 (max 4x) from 4.0 (and in RHEL 7.8's backport), 262144 (max 1x)
+    /// from 5.15.
     #[test]
     fn every_preset_sizes_its_table_as_its_kernel_does_on_a_big_host() {
         for p in presets() {
             let want = match p.name.as_str() {
-                "3.10" | "rhel-7.8" => (16384, 65536),
+                "3.10" => (16384, 65536),
                 "5.15" | "6.1" | "6.6" | "6.12" => (262144, 262144),
                 _ => (65536, 262144),
             };
             assert_eq!((p.conntrack.buckets, p.conntrack.max), want, "{}", p.name);
+        }
+    }
+
+    /// The counters and NAT search each release's source shows (4.8.15
+    /// against 4.9.0 for `insert` and `found`, 4.20.1 against 5.0.0 for the
+    /// NAT search, 5.15.55 and 6.4.0 for the chain limit, 4.9–4.19 for the
+    /// `early_drop` that scans one bucket).
+    #[test]
+    fn every_preset_counts_and_searches_as_its_kernel_source_does() {
+        for p in presets() {
+            let n = p.name.as_str();
+            let old = matches!(n, "3.10" | "rhel-7.8" | "4.4");
+            assert_eq!(p.counters.insert, old, "{n}: insert");
+            assert_eq!(p.counters.found_on_lookup, old, "{n}: found");
+            let rover = matches!(n, "3.10" | "4.4" | "4.9" | "4.14" | "4.14.173" | "4.19");
+            assert_eq!(p.nat.default_offset == PortOffset::Rover, rover, "{n}: rover");
+            assert_eq!(p.nat.search == PortSearch::Exhaustive, rover, "{n}: search");
+            let chain = match n {
+                "5.15" | "6.1" => Some((8, 24)),
+                "6.6" | "6.12" => Some((50, 30)),
+                _ => None,
+            };
+            assert_eq!(p.conntrack.chain_limit.map(|c| (c.min, c.spread)), chain, "{n}: chain limit");
+            let one_bucket = matches!(n, "4.9" | "4.14" | "4.14.173" | "4.19");
+            assert_eq!(p.conntrack.early_drop_buckets, if one_bucket { 1 } else { 8 }, "{n}: early drop");
         }
     }
 

@@ -199,14 +199,23 @@ impl NatService {
     /// The `--probability` values of a kube-proxy-style chain with these
     /// shares: rule `i` takes `share_i / (what is left)`; one per endpoint but the last.
     pub fn rule_probabilities(&self) -> Vec<f64> {
-        let total: f64 = self.endpoints.iter().map(|e| e.share).sum();
-        let mut left = 1.0;
+        // What is left at rule `i` is the sum of the shares from `i` on:
+        // summing those keeps full relative precision however small it gets,
+        // where `1 - shares so far` cancels to noise after a dozen rules.
+        let mut left: Vec<f64> = self
+            .endpoints
+            .iter()
+            .rev()
+            .scan(0.0, |acc, e| {
+                *acc += e.share;
+                Some(*acc)
+            })
+            .collect();
+        left.reverse();
         let mut out = Vec::new();
-        for e in self.endpoints.iter().take(self.endpoints.len().saturating_sub(1)) {
-            let s = e.share / total;
-            let p = if left > 1e-12 { (s / left).clamp(0.0, 1.0) } else { 0.0 };
+        for (e, &rest) in self.endpoints.iter().zip(&left).take(self.endpoints.len().saturating_sub(1)) {
+            let p = if rest > 0.0 { (e.share / rest).clamp(0.0, 1.0) } else { 0.0 };
             out.push((p * 1e10).round() / 1e10);
-            left -= s;
         }
         out
     }
