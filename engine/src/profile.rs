@@ -106,7 +106,7 @@ pub struct CounterSemantics {
     /// A lookup hit counts `found` (older kernels); otherwise `found` counts
     /// only NAT probes that found their tuple taken.
     pub found_on_lookup: bool,
-    /// An unresolved clash counts `drop` as well as `insert_failed` (4.8+).
+    /// An unresolved clash counts `drop` as well as `insert_failed` (4.7+).
     pub drop_on_clash: bool,
     /// Resolved clashes count `clash_resolve` (5.10+). Without it a merge
     /// counts `insert_failed` and a NAT_CLASH insert counts nothing.

@@ -8,7 +8,7 @@
 //!
 //! What each counter means per kernel version follows racetrack's kernel profiles
 //! (`[counters]`): before 5.10 a resolved clash still counts `insert_failed`
-//! (4.8–5.9) or no clash is ever resolved (3.10–4.7, where `drop` is not touched);
+//! (4.7–5.9) or no clash is ever resolved (3.10–4.6, where `drop` is not touched);
 //! from 5.10 resolved clashes count `clash_resolve` and `insert_failed` only the
 //! unresolved ones; from 5.15 `chaintoolong` also counts `insert_failed`.
 
@@ -266,12 +266,12 @@ fn parse_proc(
 /// Kernel generations whose counters mean different things (kernel.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Generation {
-    /// 3.10–4.7 (and RHEL 7 before 7.8): no clash resolution; a clash counts
+    /// 3.10–4.6 (and RHEL 7 before 7.8): no clash resolution; a clash counts
     /// `insert_failed` and drops the packet without touching `drop`.
-    #[serde(rename = "3.10-4.7")]
+    #[serde(rename = "3.10-4.6")]
     DropOnly,
-    /// 4.8–5.9: `insert_failed` counts every clash, resolved or not; `drop` the unresolved.
-    #[serde(rename = "4.8-5.9")]
+    /// 4.7–5.9: `insert_failed` counts every clash, resolved or not; `drop` the unresolved.
+    #[serde(rename = "4.7-5.9")]
     MergeCountsFailed,
     /// Before 5.10, not known which of the two above.
     #[serde(rename = "before-5.10")]
@@ -310,7 +310,6 @@ impl Generation {
             Generation::DropOnly => "4.4",
             Generation::MergeCountsFailed | Generation::Before5_10 => "4.14",
             Generation::ClashResolve | Generation::From5_10 => "5.10",
-            // 5.15 still has the shared port rover (6.1 has the 2022 NAT fixes).
             Generation::ChainLimit => "5.15",
         }
     }
@@ -353,13 +352,26 @@ impl Kernel {
             (Generation::ChainLimit, "chaintoolong is printed, so the kernel is 5.15 or later".to_string())
         } else if s.has("clash_resolve") {
             (Generation::ClashResolve, "clash_resolve is printed but chaintoolong is not: 5.10 to 5.14".to_string())
+        } else if (s.has("searched") || s.has("ignore"))
+            && s.has("insert")
+            && s.total("insert") == 0
+            && s.total("insert_failed") > 0
+        {
+            // A clash needs a winner that was inserted, and up to 4.8 every
+            // insert was counted: insert = 0 beside insert_failed is 4.9+.
+            (
+                Generation::MergeCountsFailed,
+                "ignore or searched is printed and clash_resolve is not: before 5.10; insert is 0 beside \
+                 insert_failed, and kernels up to 4.8 count every insert: 4.9 to 5.9"
+                    .to_string(),
+            )
         } else if s.has("searched") || s.has("ignore") {
             let which = if s.has("searched") { "searched" } else { "ignore" };
             (
                 Generation::Before5_10,
                 format!(
                     "{which} is printed and clash_resolve is not: a kernel before 5.10; whether it resolves \
-                     clashes (4.8+) cannot be told from the counters, pass --kernel"
+                     clashes (4.7+) cannot be told from the counters, pass --kernel"
                 ),
             )
         } else {
@@ -390,8 +402,8 @@ fn dns_endpoints(merges: bool) -> &'static str {
 
 fn label(g: Generation) -> &'static str {
     match g {
-        Generation::DropOnly => "3.10–4.7",
-        Generation::MergeCountsFailed => "4.8–5.9",
+        Generation::DropOnly => "3.10–4.6",
+        Generation::MergeCountsFailed => "4.7–5.9",
         Generation::Before5_10 => "a kernel before 5.10",
         Generation::ClashResolve => "5.10–5.14",
         Generation::From5_10 => "5.10+",
@@ -414,7 +426,7 @@ pub enum FindingKind {
     TableFull,
     /// Inserts refused because a hash chain was too long.
     LongChains,
-    /// `insert` reads 0: current kernels do not count it.
+    /// `insert` reads 0: kernels from 4.9 count it only for ctnetlink inserts.
     InsertNotCounted,
     /// Nothing points to a problem.
     Healthy,
@@ -610,7 +622,7 @@ pub fn diagnose(s: &Sample, kernel: Kernel) -> Diagnosis {
             kind: FindingKind::ClashesAmbiguous,
             severity: severity(ifail - drop),
             evidence: format!("insert_failed={ifail} drop={drop}: {} insert_failed without drop", ifail - drop),
-            reading: "on 3.10–4.7 (RHEL 7 before 7.8 too) each of these is a dropped packet; on 4.8–5.9 they are \
+            reading: "on 3.10–4.6 (RHEL 7 before 7.8 too) each of these is a dropped packet; on 4.7–5.9 they are \
                       clashes merged into the winning entry, harmless. Which kernel is it? Pass --kernel"
                 .into(),
             reproduce: vec!["racetrack run dns --kernel 4.4".into(), "racetrack run dns --kernel 4.19".into()],
@@ -720,16 +732,17 @@ pub fn diagnose(s: &Sample, kernel: Kernel) -> Diagnosis {
             kind: FindingKind::InsertNotCounted,
             severity: Severity::Notice,
             evidence: "insert=0 on every CPU while other counters move".into(),
-            reading: "current kernels no longer count insert, so no ratio to inserts can be given; watch \
-                      insert_failed and drop themselves (their rate), and node_nf_conntrack_entries"
+            reading: "kernels from 4.9 on count insert only for entries added through ctnetlink, so no ratio to \
+                      inserts can be given; watch insert_failed and drop themselves (their rate), and \
+                      node_nf_conntrack_entries"
                 .into(),
-            reproduce: vec!["racetrack run dns --kernel 6.12".into()],
+            reproduce: vec![format!("racetrack run dns {k}")],
             mitigation: None,
         });
     }
     let problems = f.iter().any(|x| x.severity == Severity::Problem);
     // insert_failed that may stand for lost packets: all of it, except the
-    // merges 4.8–5.9 count there.
+    // merges 4.7–5.9 count there.
     let maybe_lost = if g == Generation::MergeCountsFailed { drop.min(ifail) } else { ifail };
     let within = maybe_lost == 0 || ratio(maybe_lost).is_some_and(|r| r <= HEALTHY_RATIO);
     if !problems && drop == 0 && ed == 0 && ctl == 0 && within {
