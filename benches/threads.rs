@@ -46,7 +46,8 @@ fn threads(c: &mut Criterion) {
             g.throughput(Throughput::Elements(n as u64));
             let cfg = StressConfig { threads: n, workload, flows: FLOWS, batch: 1024, ..StressConfig::default() };
             let hz = preset("6.1").unwrap().conntrack.hz;
-            let bcfg = baseline::Config { workload: bw, threads: n, flows: FLOWS, window_spins: 0, seed: 1, hz };
+            let bcfg =
+                baseline::Config { workload: bw, threads: n, flows: FLOWS, window_spins: 0, seed: 1, hz, batch: 1024 };
             g.bench_function(BenchmarkId::new(format!("{name}/racetrack"), format!("{n}t")), |b| {
                 b.iter_custom(|iters| {
                     let t = Conntrack::new(preset("6.1").unwrap(), n, 1);

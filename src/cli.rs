@@ -56,7 +56,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME|FILE")]
         kernel: Option<String>,
         /// Output format (default: table on a terminal, json otherwise).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = formats(&[Format::Table, Format::Json]))]
         format: Option<Format>,
     },
     /// Read a node's `conntrack -S` output (or /proc/net/stat/nf_conntrack) and
@@ -76,7 +76,7 @@ pub enum Command {
         #[arg(long)]
         check: bool,
         /// Output format: table or json (default: table on a terminal, json otherwise).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = formats(&[Format::Table, Format::Json]))]
         format: Option<Format>,
     },
     /// List the built-in scenarios, or print one as TOML.
@@ -91,7 +91,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME|FILE")]
         show: Option<String>,
         /// Output format.
-        #[arg(long, value_enum, default_value_t = Format::Table)]
+        #[arg(long, value_parser = formats(&[Format::Table, Format::Json]), default_value = "table")]
         format: Format,
     },
 }
@@ -156,7 +156,7 @@ pub struct SweepArgs {
     pub inputs: InputArgs,
     /// Output format: table, json, csv or prom (default: table on a
     /// terminal, json otherwise).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = formats(&[Format::Table, Format::Json, Format::Csv, Format::Prom]))]
     pub format: Option<Format>,
 }
 
@@ -231,6 +231,14 @@ pub enum Format {
     Conntrack,
     /// Prometheus text exposition, node_exporter's names for the summed counters.
     Prom,
+}
+
+/// A `--format` parser that takes only `allowed`, so that `--help` lists
+/// what the command can print.
+fn formats(allowed: &'static [Format]) -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(allowed.iter().filter_map(ValueEnum::to_possible_value))
+        .map(|name| <Format as ValueEnum>::from_str(&name, true).expect("a format it listed"))
 }
 
 impl Format {

@@ -199,6 +199,18 @@ fn bad_run_input_exits_2_naming_the_key() {
     assert_eq!(summary(&o)["per_cpu"].as_array().unwrap().len(), 4);
     let p = temp_file("binary.toml", "\u{0}\u{1}\u{2}garbage");
     assert_one_line_error(&racetrack(&["run", p.to_str().unwrap()]), &["binary.toml"]);
+    // Values that would make a run last (virtual) years, or wrap, are refused.
+    for (scenario, set, key) in [
+        ("dns", "clients.rate=1e-9", "clients.rate"),
+        ("dns", "service.latency=18446744073709551615ns", "service.latency"),
+        ("dns", "mitigations.aaaa_delay=1years", "mitigations.aaaa_delay"),
+        ("dns", "node.stages.lookup=1years", "node.stages.lookup"),
+        ("snat", "load.rate=1e-6", "load.rate"),
+        ("snat", "load.burst_spread=1years", "load.burst_spread"),
+        ("syn-backlog", "listener.accept_rate=1e-9", "listener.accept_rate"),
+    ] {
+        assert_one_line_error(&racetrack(&["run", scenario, "--set", set]), &[key]);
+    }
 }
 
 #[test]

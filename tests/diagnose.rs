@@ -115,6 +115,18 @@ fn many_insert_failed_without_drop_on_5_10_is_a_problem_not_healthy() {
 }
 
 #[test]
+fn huge_counters_sum_without_wrapping() {
+    let line = |cpu: u32| {
+        format!(
+            "cpu={cpu} found=0 invalid=0 insert=0 insert_failed=18446744073709551615 drop=0 early_drop=0 error=0 \
+             search_restart=0\n"
+        )
+    };
+    let s = diagnose::parse(&(line(0) + &line(1)), "stdin").unwrap();
+    assert_eq!(s.total("insert_failed"), u64::MAX);
+}
+
+#[test]
 fn table_full_on_5_10_with_old_tools() {
     let s = sample("5.10-table-full.txt");
     let d = read("5.10-table-full.txt", None);
@@ -243,7 +255,10 @@ fn bad_input_names_the_file_and_line() {
     }
     one_line_error(&racetrack(&["diagnose", "/nonexistent/stats"]), "/nonexistent/stats: cannot read");
     let f = fixture("4.x-healthy.txt");
-    one_line_error(&racetrack(&["diagnose", f.to_str().unwrap(), "--format", "csv"]), "diagnose: --format csv");
+    one_line_error(
+        &racetrack(&["diagnose", f.to_str().unwrap(), "--format", "csv"]),
+        "invalid value 'csv' for '--format",
+    );
     one_line_error(&racetrack(&["diagnose", f.to_str().unwrap(), "--kernel", "9.99"]), "9.99");
 }
 

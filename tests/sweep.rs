@@ -180,6 +180,19 @@ fn bad_input_exits_2_with_one_line_naming_it() {
     }
 }
 
+/// A sweep that fails after its runs leaves an existing plot as it was,
+/// and no partial file beside it.
+#[test]
+fn a_failed_sweep_keeps_the_plot_it_would_have_replaced() {
+    let svg_path = temp("kept.svg");
+    std::fs::write(&svg_path, "the old plot").unwrap();
+    let args = ["dns", "--over", "clients.rate=100", "--seeds", "2", "--metric", "clients.p98_ms", "--plot"];
+    let o = racetrack(&[&["sweep"], &args[..], &[svg_path.to_str().unwrap()]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&svg_path).unwrap(), "the old plot");
+    assert!(!svg_path.with_file_name(".kept.svg.partial").exists());
+}
+
 #[test]
 fn csv_has_a_header_and_one_row_per_point() {
     let o = racetrack(&[
@@ -383,5 +396,5 @@ fn prom_has_a_mean_and_a_half_width_per_point_and_metric() {
     }
     let o = sweep(&["dns", "--over", "service.endpoints=1,3", "--format", "conntrack"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("use table or json or csv or prom"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("possible values: table, json, csv, prom"), "{}", stderr(&o));
 }

@@ -155,6 +155,9 @@ pub struct Config {
     pub seed: u64,
     /// The kernel profile's timer frequency: expiries are in jiffies of `1/hz` s.
     pub hz: u32,
+    /// Operations a worker runs between two looks at the stop flag (as the
+    /// engine's `StressConfig::batch`).
+    pub batch: u64,
 }
 
 /// A refreshed flow's timeout, in seconds (the UDP stream timeout). Only
@@ -198,7 +201,7 @@ pub fn run<M: Map>(map: &M, cfg: &Config, keep_going: impl FnMut(u64) -> bool) -
                 let mut ring: Vec<Option<Arc<Conn>>> = vec![None; (cfg.flows as usize / threads).max(1)];
                 let (mut at, mut next, mut ops, mut now) = (0usize, 0u64, 0u64, 0u64);
                 while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..1024 {
+                    for _ in 0..cfg.batch.max(1) {
                         // The engine's workers advance their clocks by the same step.
                         now += STEP;
                         let expires = now / jiffy_ns + timeout;
@@ -245,7 +248,7 @@ mod tests {
     use super::*;
 
     fn cfg(workload: Workload) -> Config {
-        Config { workload, threads: 2, flows: 1000, window_spins: 0, seed: 1, hz: 250 }
+        Config { workload, threads: 2, flows: 1000, window_spins: 0, seed: 1, hz: 250, batch: 1024 }
     }
 
     fn check<M: Map>(m: &M, workload: Workload) {

@@ -23,7 +23,7 @@ pub struct ClientStats {
     /// Worst latency (ms).
     pub max_ms: f64,
     /// Requests by the time they spent waiting for timeouts: `"1s"`, `"5s"`, …
-    pub retry_classes: BTreeMap<String, u64>,
+    pub retry_classes: RetryClasses,
     /// Latency of the answered requests in fixed buckets (the `prom` format's histogram).
     pub latency_histogram: LatencyHistogram,
 }
@@ -131,9 +131,9 @@ impl ClientStats {
             let max = latencies.iter().copied().max().unwrap_or(0);
             (p50 as f64 / 1e6, p99 as f64 / 1e6, max as f64 / 1e6)
         };
-        let mut retry_classes = BTreeMap::new();
+        let mut retry_classes = RetryClasses::default();
         for (ns, n) in waited {
-            *retry_classes.entry(format_secs(ns)).or_default() += n;
+            *retry_classes.0.entry(ns).or_default() += n;
         }
         ClientStats {
             requests,
@@ -146,6 +146,40 @@ impl ClientStats {
             retry_classes,
             latency_histogram: LatencyHistogram::of(&latencies),
         }
+    }
+}
+
+/// Retried requests by the time they waited, shortest wait first: named
+/// `"5s"`, `"10s"`, … but kept in time order (as strings `"10s"` would sort
+/// before `"5s"`), in the table, JSON and CSV alike.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RetryClasses(BTreeMap<Nanos, u64>);
+
+impl RetryClasses {
+    /// The requests of one class, by its name (`"5s"`).
+    pub fn get(&self, class: &str) -> Option<&u64> {
+        self.0.iter().find(|(ns, _)| format_secs(**ns) == class).map(|(_, n)| n)
+    }
+
+    /// Whether any request waited this long.
+    pub fn contains_key(&self, class: &str) -> bool {
+        self.get(class).is_some()
+    }
+
+    /// No request was retried.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each class's name and requests, shortest wait first.
+    pub fn iter(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.0.iter().map(|(ns, n)| (format_secs(*ns), *n))
+    }
+}
+
+impl Serialize for RetryClasses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
     }
 }
 
@@ -171,6 +205,12 @@ mod tests {
         assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (50.0, 99.0, 100.0));
         assert_eq!(s.retry_classes.get("5s"), Some(&3));
         assert_eq!(s.retry_classes.get("0.5s"), Some(&1));
+        let names: Vec<String> = s.retry_classes.iter().map(|(k, _)| k).collect();
+        assert_eq!(names, ["0.5s", "5s"], "shortest wait first");
+        let more =
+            ClientStats::summarize(3, vec![], 0, 3, [(10_000_000_000, 1), (5_000_000_000, 1), (15_000_000_000, 1)]);
+        let json = serde_json::to_string(&more.retry_classes).unwrap();
+        assert_eq!(json, r#"{"5s":1,"10s":1,"15s":1}"#);
         let empty = ClientStats::summarize(0, vec![], 0, 0, []);
         assert_eq!(empty.p99_ms, 0.0);
         assert_eq!(empty.latency_histogram.count, 0);

@@ -59,7 +59,8 @@ pub struct Sample {
 impl Sample {
     /// A counter summed over CPUs (0 when absent).
     pub fn total(&self, name: &str) -> u64 {
-        self.cpus.iter().map(|c| c.counters.get(name).copied().unwrap_or(0)).sum()
+        // Saturating: a corrupt file's huge values must not wrap (or panic in a debug build).
+        self.cpus.iter().map(|c| c.counters.get(name).copied().unwrap_or(0)).fold(0, u64::saturating_add)
     }
 
     /// Whether the counter was printed.

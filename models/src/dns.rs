@@ -231,8 +231,14 @@ impl Validate for DnsScenario {
         if self.clients.lookups == 0 || self.clients.lookups > 10_000_000 {
             return bad("clients.lookups", "must be 1 to 10000000");
         }
-        if !(self.clients.rate > 0.0 && self.clients.rate.is_finite()) {
-            return bad("clients.rate", "must be a positive number of lookups per second");
+        if !(self.clients.rate >= crate::tcp::MIN_RATE && self.clients.rate <= 1e7) {
+            return bad("clients.rate", "must be 0.01 to 1e7 lookups per second");
+        }
+        if self.service.latency > Duration::from_secs(30) {
+            return bad("service.latency", "must be at most 30s");
+        }
+        if self.mitigations.aaaa_delay > Duration::from_secs(30) {
+            return bad("mitigations.aaaa_delay", "must be at most 30s");
         }
         if self.resolv.timeout == 0 || self.resolv.timeout > 30 {
             return bad("resolv.timeout", "must be 1 to 30 seconds (glibc caps it at 30)");

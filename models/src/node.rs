@@ -107,6 +107,12 @@ impl Node {
         if !(0.0..=1.0).contains(&self.stages.jitter) {
             return bad("stages.jitter", "must be between 0 and 1");
         }
+        let s = &self.stages;
+        for (k, d) in [("lookup", s.lookup), ("dnat", s.dnat), ("snat", s.snat), ("confirm", s.confirm)] {
+            if d > Duration::from_secs(1) {
+                return Err((format!("node.stages.{k}"), "must be at most 1s (a stage of one packet's path)".into()));
+            }
+        }
         Ok(())
     }
 }

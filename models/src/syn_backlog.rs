@@ -115,8 +115,8 @@ impl Validate for SynBacklogScenario {
         if l.tcp_syncookies > 2 {
             return bad("listener.tcp_syncookies", "must be 0, 1 or 2");
         }
-        if !(l.accept_rate > 0.0 && l.accept_rate.is_finite()) {
-            return bad("listener.accept_rate", "must be a positive number of connections per second");
+        if !(l.accept_rate >= crate::tcp::MIN_RATE && l.accept_rate <= 1e9) {
+            return bad("listener.accept_rate", "must be 0.01 to 1e9 connections per second");
         }
         Ok(())
     }

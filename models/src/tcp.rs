@@ -59,15 +59,23 @@ impl Load {
         if self.connections == 0 || self.connections > 5_000_000 {
             return bad("connections", "must be 1 to 5000000");
         }
-        if !(self.rate > 0.0 && self.rate <= 1e7 && self.rate.is_finite()) {
-            return bad("rate", "must be a positive number of connections per second, at most 1e7");
+        // The simulator's periodic work (GC) runs per virtual second, so a
+        // run that lasts years of virtual time would take hours.
+        if !(self.rate >= MIN_RATE && self.rate <= 1e7) {
+            return bad("rate", "must be 0.01 to 1e7 connections per second");
         }
         if self.burst == 0 || self.burst > 1_000_000 {
             return bad("burst", "must be 1 to 1000000");
         }
+        if self.burst_spread > Duration::from_secs(60) {
+            return bad("burst_spread", "must be at most 60s");
+        }
         Ok(())
     }
 }
+
+/// The lowest request rate a scenario accepts (per second).
+pub const MIN_RATE: f64 = 0.01;
 
 /// Client-side TCP timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

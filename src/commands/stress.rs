@@ -19,6 +19,15 @@ use crate::error::CliError;
 use crate::output::json_line;
 use crate::render;
 
+/// Operations (or `pair` rounds) a worker runs between two looks at the
+/// stop: 1024, unless that would take more than about 10 ms of windows, or
+/// overshoot a small `--ops` by more than an eighth.
+fn batch_size(window: Duration, ops: Option<u64>, threads: usize) -> u64 {
+    let by_window = 10_000_000 / window.as_nanos().max(1);
+    let by_ops = ops.map_or(u64::MAX, |n| n / (8 * threads.max(1) as u64));
+    u64::try_from(by_window).unwrap_or(u64::MAX).min(by_ops).clamp(1, 1024)
+}
+
 #[derive(Serialize)]
 struct Summary {
     workload: &'static str,
@@ -315,6 +324,15 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         return Err(CliError::Input("--flows 0: must be at least 1".into()));
     }
     let profile = KernelProfile::resolve(&a.kernel)?;
+    // `mixed` holds its established flows and up to as many new ones.
+    let held = u64::from(a.flows) * if a.workload == StressWorkload::Mixed { 2 } else { 1 };
+    if a.workload != StressWorkload::Pair && held > u64::from(profile.conntrack.max) {
+        return Err(CliError::Input(format!(
+            "--flows {}: the workload holds up to {held} entries, more than {}'s table takes (max {}); lower \
+             --flows, or raise max in a profile file",
+            a.flows, profile.name, profile.conntrack.max
+        )));
+    }
     let kernel = profile.name.clone();
     let workload = match a.workload {
         StressWorkload::Pair => Workload::Pair,
@@ -332,7 +350,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         flows: a.flows,
         // Rounds per feed for `pair`; for the others, operations between two
         // looks at the stop flag, as many as the baselines run between theirs.
-        batch: 1024,
+        batch: batch_size(a.window, a.ops, a.threads),
         seed: a.seed,
     };
     let baseline_workload = match workload {
@@ -386,6 +404,7 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
                 window_spins,
                 seed: a.seed,
                 hz: profile.conntrack.hz,
+                batch: cfg.batch,
             };
             let dash = Dash::new(a.flows as usize);
             let dashmap = speed(&|k| baseline::run(&dash, &bc, k), "dashmap");
@@ -462,6 +481,9 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
                 s.workload, s.threads, s.kernel, s.window_ns
             )?;
             writeln!(out, "ops      {} in {:.2} s: {:.2} M ops/s", s.ops, s.elapsed_s, s.ops_per_s / 1e6)?;
+            if s.interrupted {
+                writeln!(out, "interrupted (Ctrl-C): the figures are what was counted until then")?;
+            }
             if workload == Workload::Pair {
                 let r = &s.races;
                 let share = if r.rounds == 0 { 0.0 } else { 100.0 * r.clashed as f64 / r.rounds as f64 };
@@ -474,13 +496,21 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
             let counters: Vec<String> = s.conntrack.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(out, "conntrack  {}", counters.join(" "))?;
             if let Some(b) = &s.baselines {
+                // A baseline that did not run (Ctrl-C came first) has no ratio.
+                let ratio = |base: f64| {
+                    if base > 0.0 {
+                        format!("{:.2}x", s.ops_per_s / base)
+                    } else {
+                        "not run".to_string()
+                    }
+                };
                 writeln!(
                     out,
-                    "baselines  dashmap {:.2} M ops/s ({:.2}x)   mutex_hashmap {:.2} M ops/s ({:.2}x)",
+                    "baselines  dashmap {:.2} M ops/s ({})   mutex_hashmap {:.2} M ops/s ({})",
                     b.dashmap.ops_per_s / 1e6,
-                    s.ops_per_s / b.dashmap.ops_per_s,
+                    ratio(b.dashmap.ops_per_s),
                     b.mutex_hashmap.ops_per_s / 1e6,
-                    s.ops_per_s / b.mutex_hashmap.ops_per_s
+                    ratio(b.mutex_hashmap.ops_per_s)
                 )?;
             }
             for p in &s.scaling {

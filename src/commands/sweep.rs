@@ -69,22 +69,51 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     }
     let first_seed = a.seed.unwrap_or(base.seed());
     let grid = Sweep::new(&base, axes, kernels, first_seed, a.seeds).map_err(input)?;
-    // Create the plot file now, so a path that cannot be written fails
-    // before hours of runs; remove it again if the sweep fails after all.
+    // Create the plot's file now, beside the one asked for, so a directory
+    // that cannot be written fails before hours of runs. The chart goes
+    // there and replaces the asked-for file only once it is complete: a
+    // sweep that fails, or is stopped, leaves an existing plot as it was.
     let plot_file = match &a.plot {
-        Some(path) => Some((
-            path.as_path(),
-            std::fs::File::create(path)
-                .map_err(|e| CliError::Input(format!("{}: cannot write: {e}", path.display())))?,
-        )),
+        Some(path) => {
+            let tmp = partial_name(path);
+            let file = std::fs::File::create(&tmp)
+                .map_err(|e| CliError::Input(format!("{}: cannot write: {e}", path.display())))?;
+            Some(PlotFile { path, tmp, file })
+        }
         None => None,
     };
-    let plot_path = plot_file.as_ref().map(|(p, _)| *p);
+    let tmp = plot_file.as_ref().map(|p| p.tmp.clone());
+    {
+        // Ctrl-C: say so, and leave no partial plot behind. (The finished
+        // runs are not summed up: a point's interval needs all its seeds.)
+        let tmp = tmp.clone();
+        let _ = ctrlc::set_handler(move || {
+            if let Some(t) = &tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            eprintln!("racetrack: sweep interrupted; nothing printed");
+            std::process::exit(130);
+        });
+    }
     let result = run_grid(out, &a, &base, &grid, plot_file);
-    if let (Err(_), Some(path)) = (&result, plot_path) {
-        let _ = std::fs::remove_file(path);
+    if let (Err(_), Some(tmp)) = (&result, tmp) {
+        let _ = std::fs::remove_file(tmp);
     }
     result
+}
+
+/// Where `--plot`'s chart is written before it replaces the file asked for.
+struct PlotFile<'a> {
+    path: &'a std::path::Path,
+    tmp: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+/// `dir/.name.svg.partial` for `dir/name.svg`: in the same directory, so
+/// the rename that completes the plot does not cross file systems.
+fn partial_name(path: &std::path::Path) -> std::path::PathBuf {
+    let name = path.file_name().map_or_else(|| "plot".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.partial"))
 }
 
 fn run_grid<W: Write>(
@@ -92,7 +121,7 @@ fn run_grid<W: Write>(
     a: &Args,
     base: &Scenario,
     grid: &Sweep,
-    mut plot_file: Option<(&std::path::Path, std::fs::File)>,
+    plot_file: Option<PlotFile<'_>>,
 ) -> Result<ExitCode, CliError> {
     let output = output_of(a.format)?;
 
@@ -156,10 +185,11 @@ fn run_grid<W: Write>(
         Output::Csv => view.csv(out)?,
         Output::Prom => out.write_all(view.prom().as_bytes())?,
     }
-    if let Some((path, file)) = plot_file.as_mut() {
+    if let Some(PlotFile { path, tmp, mut file }) = plot_file {
         let svg = plot::svg(&view.chart()).map_err(|m| CliError::Io(std::io::Error::other(m)))?;
-        file.write_all(svg.as_bytes())
-            .map_err(|e| CliError::Input(format!("{}: cannot write: {e}", path.display())))?;
+        let cannot = |e: std::io::Error| CliError::Input(format!("{}: cannot write: {e}", path.display()));
+        file.write_all(svg.as_bytes()).and_then(|()| file.sync_all()).map_err(cannot)?;
+        std::fs::rename(&tmp, path).map_err(cannot)?;
     }
     Ok(ExitCode::SUCCESS)
 }
