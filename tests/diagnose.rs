@@ -115,6 +115,28 @@ fn many_insert_failed_without_drop_on_5_10_is_a_problem_not_healthy() {
 }
 
 #[test]
+fn a_kernel_the_counters_contradict_is_followed_with_a_note() {
+    for (file, kernel, says) in [
+        ("5.15-chaintoolong.txt", "4.19", "chaintoolong is printed"),
+        ("3.10-clash-drops.txt", "6.12", "ignore is printed"),
+        ("proc-5.15-clash-resolve.txt", "4.14", "printed"),
+    ] {
+        let d = read(file, Some(kernel));
+        assert!(d.kernel.basis.contains(says), "{file} --kernel {kernel}: {}", d.kernel.basis);
+    }
+    // A kernel that fits its counters gets no note.
+    for (file, kernel) in
+        [("5.15-chaintoolong.txt", "6.6"), ("4.19-merges.txt", "4.19"), ("3.10-clash-drops.txt", "3.10")]
+    {
+        assert!(!read(file, Some(kernel)).kernel.basis.contains("note"), "{file} --kernel {kernel}");
+    }
+    let o =
+        racetrack(&["diagnose", fixture("5.15-chaintoolong.txt").to_str().unwrap(), "--kernel", "4.19", "--no-verify"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("racetrack: note: "), "{o:?}");
+}
+
+#[test]
 fn huge_counters_sum_without_wrapping() {
     let line = |cpu: u32| {
         format!(

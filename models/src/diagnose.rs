@@ -347,6 +347,26 @@ impl Kernel {
         }
     }
 
+    /// Why the counters `s` prints cannot come from this given kernel, if
+    /// they cannot: a field its generation does not have, or lacks one it
+    /// always prints. The reading follows `--kernel` anyway (a vendor kernel
+    /// may carry a backport), and says so.
+    pub fn contradiction(&self, s: &Sample) -> Option<String> {
+        let g = self.generation;
+        let has_chain_limit = g == Generation::ChainLimit;
+        let counts_resolve = g.counts_clash_resolve();
+        let why = if s.has("chaintoolong") && !has_chain_limit {
+            "chaintoolong is printed, which kernels before 5.15 do not have"
+        } else if s.has("clash_resolve") && !counts_resolve {
+            "clash_resolve is printed, which kernels before 5.10 do not have"
+        } else if s.has("ignore") && counts_resolve {
+            "ignore is printed, which kernels from 5.10 no longer send"
+        } else {
+            return None;
+        };
+        Some(format!("{why}, but the counters are read as {} as --kernel asks", label(g)))
+    }
+
     /// Inferred from which counters were printed.
     pub fn infer(s: &Sample) -> Kernel {
         let (generation, basis) = if s.has("chaintoolong") {
@@ -534,7 +554,10 @@ pub struct Diagnosis {
 pub const HEALTHY_RATIO: f64 = 1e-5;
 
 /// Read the counters of `s` with the semantics of `kernel`.
-pub fn diagnose(s: &Sample, kernel: Kernel) -> Diagnosis {
+pub fn diagnose(s: &Sample, mut kernel: Kernel) -> Diagnosis {
+    if let Some(why) = kernel.profile.as_ref().and(kernel.contradiction(s)) {
+        kernel.basis = format!("{}; note: {why}", kernel.basis);
+    }
     let t = |n: &str| s.total(n);
     let (insert, ifail, drop, cr, ctl, ed) =
         (t("insert"), t("insert_failed"), t("drop"), t("clash_resolve"), t("chaintoolong"), t("early_drop"));

@@ -477,9 +477,16 @@ fn predictions(
         },
         Prediction {
             name: "sustainable new connections/s per destination",
-            formula: format!("R / (hold + TIME_WAIT) = {} / {:.1} s", sec.range, hold_total),
+            // What the run offered is an input, not a measurement: it goes
+            // in the formula line, and the simulated column stays empty.
+            formula: format!(
+                "R / (hold + TIME_WAIT) = {} / {:.1} s; this run offers {} per destination",
+                sec.range,
+                hold_total,
+                s.load.rate / destinations
+            ),
             predicted: r / hold_total,
-            simulated: Some(s.load.rate / destinations),
+            simulated: None,
         },
         Prediction {
             name: "share of allocations finding no free port",

@@ -46,6 +46,9 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         (Some(p), Some(spec)) => Kernel::given(p, spec),
         _ => Kernel::infer(&sample),
     };
+    if let (Some(_), Some(why)) = (&given, kernel.contradiction(&sample)) {
+        eprintln!("racetrack: note: {}: {why}", a.file);
+    }
     let generation = kernel.generation;
     let mut d = diagnose::diagnose(&sample, kernel);
     if !a.no_verify {
