@@ -117,6 +117,13 @@ fn bad_profiles_exit_2_with_file_line_and_key() {
         let o = racetrack(&["profiles", "--show", p.to_str().unwrap()]);
         assert_one_line_error(&o, &[name, key]);
     }
+    // Bytes that are not UTF-8 are named by their line, as in every other input file.
+    let p = temp_file("latin1.toml", "");
+    std::fs::write(&p, [&text.as_bytes()[..text.find("[conntrack]").unwrap()], b"# caf\xe9\n"].concat()).unwrap();
+    assert_one_line_error(
+        &racetrack(&["profiles", "--show", p.to_str().unwrap()]),
+        &["latin1.toml:", "not UTF-8 text"],
+    );
 }
 
 #[test]
@@ -208,6 +215,8 @@ fn bad_run_input_exits_2_naming_the_key() {
         ("snat", "load.rate=1e-6", "load.rate"),
         ("snat", "load.burst_spread=1years", "load.burst_spread"),
         ("syn-backlog", "listener.accept_rate=1e-9", "listener.accept_rate"),
+        ("dns", "clients=3", "is a group: set one of its keys"),
+        ("dns", "scenario=snat", "pick it on the command line"),
     ] {
         assert_one_line_error(&racetrack(&["run", scenario, "--set", set]), &[key]);
     }
@@ -236,6 +245,9 @@ fn stress_rejects_bad_arguments() {
     assert_one_line_error(&racetrack(&["stress", "--endpoints", "0"]), &["--endpoints"]);
     assert_one_line_error(&racetrack(&["stress", "--kernel", "nope"]), &["nope"]);
     assert_eq!(racetrack(&["stress", "--duration", "soon"]).status.code(), Some(2));
+    assert_one_line_error(&racetrack(&["stress", "--workload", "lookup", "--random-fully"]), &["--random-fully"]);
+    assert_one_line_error(&racetrack(&["stress", "--scaling", "--threads", "1"]), &["--scaling"]);
+    assert_one_line_error(&racetrack(&["stress", "--workload", "lookup", "--flows", "300000"]), &["--flows 300000"]);
 }
 
 #[test]

@@ -257,13 +257,20 @@ impl KernelProfile {
                 message: format!("no such kernel preset (known: {})", preset_names().join(", ")),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| ProfileError {
+        let bytes = std::fs::read(path).map_err(|e| ProfileError {
             source: spec.to_string(),
             line: None,
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        Self::from_toml(&text, spec)
+        // As every other input file: a line, not the decoder's wording.
+        let text = std::str::from_utf8(&bytes).map_err(|e| ProfileError {
+            source: spec.to_string(),
+            line: Some(bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1),
+            key: None,
+            message: "not UTF-8 text".into(),
+        })?;
+        Self::from_toml(text, spec)
     }
 
     /// Parse and validate a TOML profile; `source` names it in errors.

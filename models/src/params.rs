@@ -104,6 +104,23 @@ pub fn apply_sets<T: Serialize + DeserializeOwned + Validate>(value: &T, sets: &
             }
             slot = table.get_mut(*part).expect("checked");
         }
+        // A group of parameters takes its keys one at a time.
+        if let toml::Value::Table(t) = &*slot {
+            if !parsed.is_table() {
+                let keys: Vec<&str> = t.keys().map(String::as_str).collect();
+                return Err(err(
+                    Some(key),
+                    format!("is a group: set one of its keys, `{key}.KEY=VALUE` ({})", keys.join(", ")),
+                ));
+            }
+        }
+        // The scenario's kind is the command's choice, not a parameter.
+        if key == "scenario" {
+            return Err(err(
+                Some(key),
+                "names the scenario: pick it on the command line (`racetrack run NAME`)".into(),
+            ));
+        }
         // Keep strings strings: `--set name=foo` must not need quotes.
         *slot = match (&*slot, parsed) {
             (toml::Value::String(_), v) if !v.is_str() => toml::Value::String(raw.to_string()),

@@ -149,6 +149,13 @@ impl Scenario {
             },
             // Not TOML: let the parser say where.
             None if table.is_err() => params::from_toml::<DnsScenario>(text, source).map(Scenario::Dns),
+            // Present but not a string (`scenario = 5`): say so, with its line.
+            None if table.as_ref().is_ok_and(|t| t.contains_key("scenario")) => Err(ParamError {
+                source: source.into(),
+                line: params::line_of_key(text, "scenario"),
+                key: Some("scenario".into()),
+                message: format!("must be a scenario name in quotes (one of: {})", names().join(", ")),
+            }),
             None => Err(ParamError {
                 source: source.into(),
                 line: None,
@@ -259,5 +266,7 @@ mod tests {
             e.to_string(),
             "f.toml:1: key `scenario`: unknown scenario `dnss` (known: dns, snat, tw-recycle, syn-backlog)"
         );
+        let e = Scenario::from_toml("seed = 1\nscenario = 5\n", "f.toml").unwrap_err();
+        assert!(e.to_string().starts_with("f.toml:2: key `scenario`: must be a scenario name in quotes"), "{e}");
     }
 }

@@ -362,8 +362,24 @@ pub fn check_metric(key: &str, sample: &Sample) -> Result<(), String> {
     if sample.0.contains_key(key) || ZERO_WHEN_ABSENT.iter().any(|p| key.starts_with(p) && key.len() > p.len()) {
         return Ok(());
     }
-    let known: Vec<&str> = sample.0.keys().map(String::as_str).filter(|k| !k.starts_with("snat.probes.")).collect();
-    Err(format!("unknown metric; this scenario has: {} (and clients.retry_classes.CLASS)", known.join(", ")))
+    // Families of numbered keys are shown once each, as a pattern.
+    const FAMILIES: &[(&str, &str)] = &[
+        ("snat.probes.", "snat.probes.N"),
+        ("clients.latency_histogram.buckets.", "clients.latency_histogram.buckets.BOUND"),
+    ];
+    let mut known: Vec<&str> = sample
+        .0
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !FAMILIES.iter().any(|(prefix, _)| k.starts_with(prefix)))
+        .collect();
+    for (prefix, pattern) in FAMILIES {
+        if sample.0.keys().any(|k| k.starts_with(prefix)) {
+            known.push(pattern);
+        }
+    }
+    known.push("clients.retry_classes.CLASS");
+    Err(format!("unknown metric; this scenario has: {}", known.join(", ")))
 }
 
 /// The metric plotted (and shown first) when `--metric` is not given.

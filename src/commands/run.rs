@@ -206,10 +206,12 @@ fn write_tcp<W: Write>(out: &mut W, t: &TcpStats) -> std::io::Result<()> {
 
 fn write_analytic<W: Write>(out: &mut W, preds: &[Prediction]) -> std::io::Result<()> {
     writeln!(out, "\nanalytic (closed form beside the simulation)")?;
+    // Wide enough for the longest name, so the columns line up.
+    let w = preds.iter().map(|p| p.name.chars().count()).max().unwrap_or(0).max(48);
     for p in preds {
         let sim = p.simulated.map_or("-".to_string(), |v| format!("{v:.4}"));
-        writeln!(out, "  {:<48} predicted {:<12.4} simulated {sim}", p.name, p.predicted)?;
-        writeln!(out, "  {:<48} {}", "", p.formula)?;
+        writeln!(out, "  {:<w$} predicted {:<12.4} simulated {sim}", p.name, p.predicted)?;
+        writeln!(out, "  {:<w$} {}", "", p.formula)?;
     }
     Ok(())
 }

@@ -323,6 +323,14 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     if a.flows == 0 {
         return Err(CliError::Input("--flows 0: must be at least 1".into()));
     }
+    if a.random_fully && a.workload != StressWorkload::Snat {
+        return Err(CliError::Input("--random-fully: applies to --workload snat (the others do no SNAT)".into()));
+    }
+    if a.scaling && a.threads < 2 {
+        return Err(CliError::Input(
+            "--scaling: compares 1 to --threads threads, so it needs --threads 2 or more".into(),
+        ));
+    }
     let profile = KernelProfile::resolve(&a.kernel)?;
     // `mixed` holds its established flows and up to as many new ones.
     let held = u64::from(a.flows) * if a.workload == StressWorkload::Mixed { 2 } else { 1 };

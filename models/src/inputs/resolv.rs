@@ -144,8 +144,12 @@ fn options(
                 return Ok(());
             }
         };
-        let n: u64 =
-            value.parse().map_err(|_| err(line, format!("option `{opt}`: `{value}` is not a whole number")))?;
+        // All digits but past u64 is still a (huge) whole number: clamp it too.
+        let n: u64 = match value.parse() {
+            Ok(n) => n,
+            Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+            Err(_) => return Err(err(line, format!("option `{opt}`: `{value}` is not a whole number"))),
+        };
         let clamped = n.clamp(min, max) as u32;
         if u64::from(clamped) != n {
             let why =
@@ -204,6 +208,9 @@ mod tests {
     fn garbage_is_an_error_with_its_line() {
         let e = parse("# hi\nnameserver 10.96.0.10\noptions ndots:x\n", "r").unwrap_err();
         assert_eq!(e.to_string(), "r:3: option `ndots:x`: `x` is not a whole number");
+        // Digits past u64 are clamped like any number over the cap.
+        let r = parse("options ndots:99999999999999999999\n", "r").unwrap();
+        assert_eq!(r.ndots, Some(15));
         let e = parse("nameservr 10.96.0.10\n", "r").unwrap_err();
         assert_eq!(e.line, Some(1));
         assert!(e.message.contains("unknown keyword `nameservr`"), "{e}");
