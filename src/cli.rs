@@ -182,15 +182,16 @@ pub struct StressArgs {
     /// packet path (the real race window). `0s` allowed.
     #[arg(long, default_value = "2us", value_parser = humantime::parse_duration)]
     pub window: std::time::Duration,
-    /// DNAT endpoints for `pair`.
-    #[arg(long, default_value_t = 1)]
-    pub endpoints: u32,
+    /// DNAT endpoints for `pair` (default 1).
+    #[arg(long)]
+    pub endpoints: Option<u32>,
     /// `snat`: MASQUERADE with `--random-fully`.
     #[arg(long)]
     pub random_fully: bool,
-    /// Established flows for `lookup` and `mixed`; live flows for `snat`.
-    #[arg(long, default_value_t = 10_000)]
-    pub flows: u32,
+    /// Established flows for `lookup` and `mixed`; live flows for `snat`
+    /// (default 10000).
+    #[arg(long)]
+    pub flows: Option<u32>,
     /// Seed of the workers' generators.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

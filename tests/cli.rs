@@ -248,6 +248,8 @@ fn stress_rejects_bad_arguments() {
     assert_one_line_error(&racetrack(&["stress", "--workload", "lookup", "--random-fully"]), &["--random-fully"]);
     assert_one_line_error(&racetrack(&["stress", "--scaling", "--threads", "1"]), &["--scaling"]);
     assert_one_line_error(&racetrack(&["stress", "--workload", "lookup", "--flows", "300000"]), &["--flows 300000"]);
+    assert_one_line_error(&racetrack(&["stress", "--workload", "lookup", "--endpoints", "3"]), &["--endpoints"]);
+    assert_one_line_error(&racetrack(&["stress", "--workload", "pair", "--flows", "5"]), &["--flows"]);
 }
 
 #[test]

@@ -317,10 +317,20 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     if a.threads == 0 || a.threads > 1024 {
         return Err(CliError::Input(format!("--threads {}: must be 1 to 1024", a.threads)));
     }
-    if a.endpoints == 0 || a.endpoints > 1000 {
-        return Err(CliError::Input(format!("--endpoints {}: must be 1 to 1000", a.endpoints)));
+    // Flags a workload does not use are refused, not ignored.
+    if a.endpoints.is_some() && a.workload != StressWorkload::Pair {
+        return Err(CliError::Input("--endpoints: applies to --workload pair (the others do no DNAT)".into()));
     }
-    if a.flows == 0 {
+    if a.flows.is_some() && a.workload == StressWorkload::Pair {
+        return Err(CliError::Input(
+            "--flows: applies to snat, lookup and mixed (pair races one new flow at a time)".into(),
+        ));
+    }
+    let (endpoints, flows) = (a.endpoints.unwrap_or(1), a.flows.unwrap_or(10_000));
+    if endpoints == 0 || endpoints > 1000 {
+        return Err(CliError::Input(format!("--endpoints {endpoints}: must be 1 to 1000")));
+    }
+    if flows == 0 {
         return Err(CliError::Input("--flows 0: must be at least 1".into()));
     }
     if a.random_fully && a.workload != StressWorkload::Snat {
@@ -333,12 +343,12 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
     }
     let profile = KernelProfile::resolve(&a.kernel)?;
     // `mixed` holds its established flows and up to as many new ones.
-    let held = u64::from(a.flows) * if a.workload == StressWorkload::Mixed { 2 } else { 1 };
+    let held = u64::from(flows) * if a.workload == StressWorkload::Mixed { 2 } else { 1 };
     if a.workload != StressWorkload::Pair && held > u64::from(profile.conntrack.max) {
         return Err(CliError::Input(format!(
             "--flows {}: the workload holds up to {held} entries, more than {}'s table takes (max {}); lower \
              --flows, or raise max in a profile file",
-            a.flows, profile.name, profile.conntrack.max
+            flows, profile.name, profile.conntrack.max
         )));
     }
     let kernel = profile.name.clone();
@@ -353,9 +363,9 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
         threads: a.threads,
         workload,
         window_spins,
-        endpoints: a.endpoints,
+        endpoints,
         snat_flags: SnatFlags { random: false, random_fully: a.random_fully },
-        flows: a.flows,
+        flows,
         // Rounds per feed for `pair`; for the others, operations between two
         // looks at the stop flag, as many as the baselines run between theirs.
         batch: batch_size(a.window, a.ops, a.threads),
@@ -408,15 +418,15 @@ pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {
             let bc = baseline::Config {
                 workload: bw,
                 threads: a.threads,
-                flows: a.flows,
+                flows,
                 window_spins,
                 seed: a.seed,
                 hz: profile.conntrack.hz,
                 batch: cfg.batch,
             };
-            let dash = Dash::new(a.flows as usize);
+            let dash = Dash::new(flows as usize);
             let dashmap = speed(&|k| baseline::run(&dash, &bc, k), "dashmap");
-            let mutex = MutexMap::new(a.flows as usize);
+            let mutex = MutexMap::new(flows as usize);
             let mutex_hashmap = speed(&|k| baseline::run(&mutex, &bc, k), "mutex_hashmap");
             Some(Baselines { dashmap, mutex_hashmap })
         }
