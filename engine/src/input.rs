@@ -36,6 +36,22 @@ impl fmt::Display for InputError {
 
 impl std::error::Error for InputError {}
 
+/// The 1-based line that byte `offset` of `bytes` is on.
+pub fn line_at(bytes: &[u8], offset: usize) -> usize {
+    bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// `bytes` as text, or `SOURCE:LINE: not UTF-8 text` naming the line of the
+/// first byte that is not, as every input file of racetrack reports it.
+pub fn utf8_text<'a>(source: &str, bytes: &'a [u8]) -> Result<&'a str, InputError> {
+    std::str::from_utf8(bytes).map_err(|e| InputError {
+        source: source.to_string(),
+        line: Some(line_at(bytes, e.valid_up_to())),
+        key: None,
+        message: "not UTF-8 text".into(),
+    })
+}
+
 impl InputError {
     /// From a TOML parse or deserialisation error in `text`.
     pub fn from_toml(e: &toml::de::Error, text: &str, source: &str) -> Self {

@@ -263,14 +263,7 @@ impl KernelProfile {
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        // As every other input file: a line, not the decoder's wording.
-        let text = std::str::from_utf8(&bytes).map_err(|e| ProfileError {
-            source: spec.to_string(),
-            line: Some(bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1),
-            key: None,
-            message: "not UTF-8 text".into(),
-        })?;
-        Self::from_toml(text, spec)
+        Self::from_toml(crate::input::utf8_text(spec, &bytes)?, spec)
     }
 
     /// Parse and validate a TOML profile; `source` names it in errors.

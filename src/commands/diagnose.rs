@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use racetrack_engine::input::utf8_text;
 use racetrack_engine::profile::preset;
 use racetrack_engine::KernelProfile;
 use racetrack_models::diagnose::{self, Diagnosis, Kernel, Severity, Source};
@@ -27,10 +28,7 @@ fn read_input(file: &str) -> Result<String, CliError> {
     } else {
         bytes = std::fs::read(file).map_err(|e| CliError::Input(format!("{file}: cannot read: {e}")))?;
     }
-    String::from_utf8(bytes).map_err(|e| {
-        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
-        CliError::Input(format!("{file}:{line}: not UTF-8 text"))
-    })
+    utf8_text(file, &bytes).map(str::to_string).map_err(|e| CliError::Input(e.to_string()))
 }
 
 pub fn run<W: Write>(out: &mut W, a: Args) -> Result<ExitCode, CliError> {

@@ -4,6 +4,7 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
+use racetrack_engine::input::utf8_text;
 use racetrack_engine::KernelProfile;
 use racetrack_models::clients::ClientStats;
 use racetrack_models::dns::DnsReport;
@@ -29,11 +30,8 @@ pub fn load_scenario(spec: &str) -> Result<Scenario, CliError> {
         return Err(CliError::Input(format!("{spec}: no such scenario (built-in: {})", names().join(", "))));
     }
     let text = std::fs::read(path).map_err(|e| CliError::Input(format!("{spec}: cannot read: {e}")))?;
-    let text = String::from_utf8(text).map_err(|e| {
-        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
-        CliError::Input(format!("{spec}:{line}: not UTF-8 text"))
-    })?;
-    Scenario::from_toml(&text, spec).map_err(|e| CliError::Input(e.to_string()))
+    let text = utf8_text(spec, &text).map_err(|e| CliError::Input(e.to_string()))?;
+    Scenario::from_toml(text, spec).map_err(|e| CliError::Input(e.to_string()))
 }
 
 pub fn run<W: Write>(

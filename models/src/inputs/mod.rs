@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use racetrack_engine::input::InputError;
+use racetrack_engine::input::{self, InputError};
 use racetrack_engine::KernelProfile;
 use serde::Serialize;
 
@@ -42,11 +42,11 @@ impl InputFile {
     pub fn from_bytes(source: &str, bytes: &[u8]) -> Result<InputFile, InputError> {
         let err = |upto: usize, message: String| InputError {
             source: source.to_string(),
-            line: Some(bytes[..upto].iter().filter(|&&b| b == b'\n').count() + 1),
+            line: Some(input::line_at(bytes, upto)),
             key: None,
             message,
         };
-        let text = std::str::from_utf8(bytes).map_err(|e| err(e.valid_up_to(), "not UTF-8 text".into()))?;
+        let text = input::utf8_text(source, bytes)?;
         // A byte-order mark is text, not content.
         let (text, bom) = match text.strip_prefix('\u{feff}') {
             Some(t) => (t, 3),
